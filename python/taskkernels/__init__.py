@@ -1,0 +1,22 @@
+"""taskkernels: hand-written CUDA kernels, with C++ CPU paths, for the hot paths of the models in
+Hugging Face's "How Transformers solve tasks".
+
+Every op is a PyTorch custom op in the ``taskkernels`` namespace (``torch.ops.taskkernels.*``), so
+autograd, ``torch.compile`` and CPU/CUDA dispatch work as for built-in ops.
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension registers its ops)
+
+from . import _C
+from .ops.patch_embed import patch_embed
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What this build contains: the torch it was built against, CUDA version, GPU architectures,
+    and whether CUDA kernels are compiled in."""
+    return dict(_C.build_info())
+
+
+__all__ = ["build_info", "patch_embed", "__version__"]

@@ -1,0 +1,5 @@
+"""Thin nn.Module classes that route models' hot paths through taskkernels ops."""
+
+from .vit import ViTEmbeddings
+
+__all__ = ["ViTEmbeddings"]

@@ -1,0 +1,102 @@
+"""ViT's embeddings on :func:`taskkernels.patch_embed`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.patch_embed import patch_embed
+
+__all__ = ["ViTEmbeddings"]
+
+
+class ViTEmbeddings(nn.Module):
+    """Drop-in for ``transformers.models.vit.modeling_vit.ViTEmbeddings``.
+
+    Same constructor (a ``ViTConfig``, ``use_mask_token``), same parameters and state-dict keys
+    (``cls_token``, ``mask_token``, ``position_embeddings``,
+    ``patch_embeddings.projection.{weight,bias}``), same ``forward``. The convolution, [CLS]
+    concatenation and position add run as one ``taskkernels.patch_embed`` call; dropout follows
+    it as in HF. With ``bool_masked_pos`` the mask tokens are blended in between the patch
+    projection and the [CLS]/position step, as HF does.
+    """
+
+    def __init__(self, config, use_mask_token: bool = False):
+        super().__init__()
+        image_size, patch_size = config.image_size, config.patch_size
+        image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+        patch_size = tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
+        if patch_size[0] != patch_size[1]:
+            raise ValueError(f"ViTEmbeddings: only square patches are supported, got {patch_size}")
+        num_patches = (image_size[0] // patch_size[0]) * (image_size[1] // patch_size[1])
+        hidden = config.hidden_size
+
+        self.cls_token = nn.Parameter(torch.randn(1, 1, hidden))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden)) if use_mask_token else None
+        # Holds projection.weight / projection.bias under HF's keys; its forward is not used.
+        self.patch_embeddings = nn.Module()
+        self.patch_embeddings.projection = nn.Conv2d(
+            config.num_channels, hidden, kernel_size=patch_size, stride=patch_size
+        )
+        self.position_embeddings = nn.Parameter(torch.randn(1, num_patches + 1, hidden))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.patch_size = patch_size[0]
+        self.image_size = image_size
+        self.num_channels = config.num_channels
+
+    @classmethod
+    def from_hf(cls, hf_module: nn.Module) -> "ViTEmbeddings":
+        """Builds the module from an HF ``ViTEmbeddings``, sharing nothing, same weights."""
+        config = hf_module.patch_embeddings  # ViTPatchEmbeddings keeps the sizes
+        hidden = hf_module.cls_token.shape[-1]
+        cfg = type("Cfg", (), dict(
+            image_size=config.image_size, patch_size=config.patch_size, num_channels=config.num_channels,
+            hidden_size=hidden, hidden_dropout_prob=hf_module.dropout.p,
+        ))
+        module = cls(cfg, use_mask_token=hf_module.mask_token is not None)
+        module.load_state_dict(hf_module.state_dict())
+        return module.to(device=hf_module.cls_token.device, dtype=hf_module.cls_token.dtype)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> Tensor:
+        """HF's bicubic resize of the patch position embeddings to a (height, width) image."""
+        pos = self.position_embeddings
+        num_positions = pos.shape[1] - 1
+        new_h, new_w = height // self.patch_size, width // self.patch_size
+        if new_h * new_w == num_positions and height == width:
+            return pos
+        dim = pos.shape[-1]
+        side = int(num_positions**0.5)
+        patch_pos = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        patch_pos = nn.functional.interpolate(patch_pos, size=(new_h, new_w), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((pos[:, :1], patch_pos), dim=1)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        bool_masked_pos: Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> Tensor:
+        _, num_channels, height, width = pixel_values.shape
+        if num_channels != self.num_channels:
+            raise ValueError(
+                f"ViTEmbeddings: pixel_values has {num_channels} channels, the configuration {self.num_channels}"
+            )
+        if interpolate_pos_encoding:
+            pos = self.interpolate_pos_encoding(height, width)
+        else:
+            if (height, width) != self.image_size:
+                raise ValueError(
+                    f"Input image size ({height}*{width}) doesn't match model ({self.image_size[0]}*{self.image_size[1]})."
+                )
+            pos = self.position_embeddings
+        proj = self.patch_embeddings.projection
+        if bool_masked_pos is None:
+            embeddings = patch_embed(pixel_values, proj.weight, proj.bias, self.cls_token, pos)
+        else:
+            patches = patch_embed(pixel_values, proj.weight, proj.bias)
+            mask = bool_masked_pos.unsqueeze(-1).type_as(self.mask_token)
+            patches = patches * (1.0 - mask) + self.mask_token.expand_as(patches) * mask
+            cls = self.cls_token.expand(patches.shape[0], -1, -1)
+            embeddings = torch.cat((cls, patches), dim=1) + pos
+        return self.dropout(embeddings)
