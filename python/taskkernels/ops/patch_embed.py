@@ -95,7 +95,7 @@ def _check(pixel_values, weight, bias, cls_token, pos_embed):
 
 
 @torch.library.register_fake("taskkernels::patch_embed")
-def _patch_embed_fake(pixel_values, weight, bias, cls_token, pos_embed, allow_tf32):
+def _patch_embed_fake(pixel_values, weight, bias=None, cls_token=None, pos_embed=None, allow_tf32=False):
     B, R, D = _check(pixel_values, weight, bias, cls_token, pos_embed)
     return pixel_values.new_empty((B, R, D))
 
@@ -103,7 +103,7 @@ def _patch_embed_fake(pixel_values, weight, bias, cls_token, pos_embed, allow_tf
 @torch.library.register_fake("taskkernels::patch_embed_backward")
 def _patch_embed_backward_fake(
     grad_out, pixel_values, weight, has_cls, need_pixel_values, need_weight, need_bias, need_cls_token,
-    need_pos_embed, allow_tf32,
+    need_pos_embed, allow_tf32=False,
 ):
     B, C, H, W = pixel_values.shape
     D, _, P, _ = weight.shape
@@ -132,11 +132,13 @@ def _setup_context(ctx, inputs, output):
     ctx.cls_shape = None if cls_token is None else cls_token.shape
     ctx.pos_shape = None if pos_embed is None else pos_embed.shape
     ctx.allow_tf32 = allow_tf32
+    # Which inputs want a gradient (ctx.needs_input_grad drops None inputs under AOT tracing).
+    ctx.need = tuple(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
 
 
 def _backward(ctx, grad):
     pixel_values, weight = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = ctx.need
     has_cls, has_pos = ctx.cls_shape is not None, ctx.pos_shape is not None
     gx, gw, gb, gc, gp = torch.ops.taskkernels.patch_embed_backward(
         grad, pixel_values, weight, has_cls,

@@ -1,0 +1,47 @@
+"""Shared test helpers: devices, dtypes and the tolerance rule, stated once."""
+
+import pytest
+import torch
+
+import taskkernels
+
+HAS_CUDA_KERNELS = taskkernels.build_info()["cuda"]
+CUDA_OK = HAS_CUDA_KERNELS and torch.cuda.is_available()
+_CUDA_SKIP = (
+    "no CUDA device here" if not torch.cuda.is_available() else "taskkernels was built without CUDA kernels"
+)
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason=_CUDA_SKIP))]
+FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+# Error floor per dtype, relative to the output's magnitude. The rule (FlashAttention's): our
+# error against a float64 reference is at most twice PyTorch's own error in the same dtype, plus
+# this floor for the cases where PyTorch happens to be exact.
+FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def requires_cuda(fn):
+    return pytest.mark.skipif(not CUDA_OK, reason=_CUDA_SKIP)(fn)
+
+
+def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output"):
+    """ours and torch_lowp computed in `dtype`, ref64 the same quantity in float64."""
+    assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype} != {dtype}"
+    ref64 = ref64.double().cpu()
+    if ref64.numel() == 0:
+        return
+    ours_err = (ours.double().cpu() - ref64).abs().max().item()
+    torch_err = (torch_lowp.double().cpu() - ref64).abs().max().item()
+    scale = max(1.0, ref64.abs().max().item())
+    bound = 2 * torch_err + FLOOR[dtype] * scale
+    assert ours_err == ours_err, f"{what}: NaN in the result"
+    assert ours_err <= bound, f"{what}: error {ours_err:.3e} > bound {bound:.3e} (PyTorch's own error {torch_err:.3e})"
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Fresh random inputs in every test; the seed is printed so a failure can be replayed."""
+    seed = torch.seed()
+    print(f"torch seed: {seed}")
+    yield seed

@@ -1,0 +1,71 @@
+"""taskkernels.models.ViTEmbeddings against Hugging Face's ViTEmbeddings (random config, nothing
+downloaded)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="transformers is needed for the HF comparison")
+from transformers import ViTConfig  # noqa: E402
+from transformers.models.vit.modeling_vit import ViTEmbeddings as HFViTEmbeddings  # noqa: E402
+
+from taskkernels.models import ViTEmbeddings  # noqa: E402
+from conftest import DEVICES  # noqa: E402
+
+
+def config(**kw):
+    base = dict(image_size=64, patch_size=16, num_channels=3, hidden_size=48, hidden_dropout_prob=0.0)
+    return ViTConfig(**dict(base, **kw))
+
+
+@pytest.mark.parametrize("use_mask_token", [False, True])
+def test_same_state_dict_keys(use_mask_token):
+    hf = HFViTEmbeddings(config(), use_mask_token=use_mask_token)
+    ours = ViTEmbeddings(config(), use_mask_token=use_mask_token)
+    assert set(ours.state_dict()) == set(hf.state_dict())
+    for k, v in hf.state_dict().items():
+        assert ours.state_dict()[k].shape == v.shape, k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", [dict(), dict(image_size=48, patch_size=8, num_channels=1, hidden_size=40)], ids=["base", "small"])
+def test_matches_hf(device, kw):
+    hf = HFViTEmbeddings(config(**kw)).to(device).eval()
+    ours = ViTEmbeddings(config(**kw)).to(device).eval()
+    ours.load_state_dict(hf.state_dict())
+    cfg = config(**kw)
+    x = torch.randn(3, cfg.num_channels, cfg.image_size, cfg.image_size, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_from_hf_and_training_gradients(device):
+    hf = HFViTEmbeddings(config()).to(device).train()
+    ours = ViTEmbeddings.from_hf(hf).train()
+    x = torch.randn(2, 3, 64, 64, device=device)
+    g = torch.randn(2, 17, 48, device=device)
+    hf(x).backward(g)
+    ours(x).backward(g)
+    hf_grads = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, hf_grads[name].grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_interpolate_pos_encoding_and_mask_match_hf():
+    hf = HFViTEmbeddings(config(), use_mask_token=True).eval()
+    torch.nn.init.normal_(hf.mask_token)
+    ours = ViTEmbeddings.from_hf(hf).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(x, interpolate_pos_encoding=True), hf(x, interpolate_pos_encoding=True), rtol=1e-5, atol=1e-5
+        )
+        x = torch.randn(2, 3, 64, 64)
+        mask = torch.rand(2, 16) < 0.4
+        torch.testing.assert_close(ours(x, bool_masked_pos=mask), hf(x, bool_masked_pos=mask), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_image_size_is_refused_like_hf():
+    ours = ViTEmbeddings(config())
+    with pytest.raises(ValueError, match="doesn't match model"):
+        ours(torch.randn(1, 3, 32, 32))
