@@ -1,0 +1,166 @@
+"""The benchmark suite's one runner.
+
+    python -m benchmarks.run                       # every op, default device (CUDA if present)
+    python -m benchmarks.run --ops patch_embed --device cpu --modes forward
+
+Prints a table of times, TFLOP/s, peak memory and speed-ups over the PyTorch reference measured
+in the same run; appends the run to benchmarks/results/<op>.json (device, torch version, git
+commit, date) and draws benchmarks/results/<op>-<device>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import taskkernels
+
+from .cases import OPS
+from .harness import MODES, REFERENCE, device_name, time_mode
+from .plot import plot_op
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+    except ImportError:
+        class _Plain:
+            def __init__(self):
+                self.n = 0
+
+            def update(self, k=1):
+                self.n += k
+                print(f"\r{self.n}/{total}", end="", file=sys.stderr, flush=True)
+
+            def set_description(self, s):
+                pass
+
+            def close(self):
+                print(file=sys.stderr)
+
+        return _Plain()
+
+
+def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float) -> list[dict]:
+    module = importlib.import_module(f"benchmarks.cases.{op}")
+    cases = module.cases(device, quick=quick)
+    providers = module.providers()
+    rows = []
+    bar = _progress(len(cases) * len(providers) * len(modes))
+    for case in cases:
+        sets = [case.make_inputs() for _ in range(1 if quick else 3)]
+        for provider in providers:
+            if provider.unavailable:
+                bar.update(len(modes))
+                continue
+            prepared = [provider.prepare(inputs) for inputs in sets]
+            for mode in modes:
+                bar.set_description(f"{op} {case.name} {str(case.dtype)[6:]} {provider.name} {mode}")
+                try:
+                    t = time_mode(
+                        prepared, mode, device,
+                        min_repeats=3 if quick else (10 if device.type == "cpu" else 50),
+                        max_repeats=5 if quick else (50 if device.type == "cpu" else 1000),
+                        budget_s=0.05 if quick else budget_s,
+                        warmup=1 if quick else (2 if device.type == "cpu" else 10),
+                    )
+                    row = dict(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, repeats=t.repeats,
+                               peak_mem_mb=t.peak_mem_mb, error=None)
+                except Exception as e:  # a provider failing is a result to record, not a crash
+                    row = dict(median_ms=None, error=f"{type(e).__name__}: {e}"[:300])
+                flops = case.flops.get(mode)
+                row.update(op=op, case=case.name, dtype=str(case.dtype).replace("torch.", ""), mode=mode,
+                           provider=provider.name, flops=flops,
+                           tflops=(flops / (row["median_ms"] * 1e-3) / 1e12) if flops and row["median_ms"] else None)
+                rows.append(row)
+                bar.update(1)
+            del prepared
+        del sets
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    bar.close()
+    # Speed-ups over the reference (and every other provider) measured in this same run.
+    ref = {(r["case"], r["dtype"], r["mode"]): r["median_ms"] for r in rows if r["provider"] == REFERENCE}
+    for r in rows:
+        base = ref.get((r["case"], r["dtype"], r["mode"]))
+        r["speedup_vs_reference"] = base / r["median_ms"] if base and r["median_ms"] else None
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'case':28} {'dtype':9} {'mode':17} {'provider':18} {'median ms':>10} {'q20-q80 ms':>17} {'TFLOP/s':>8} {'peak MB':>8} {'vs ref':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if r["median_ms"] is None:
+            print(f"{r['case']:28} {r['dtype']:9} {r['mode']:17} {r['provider']:18} failed: {r['error']}")
+            continue
+        spread = f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f}"
+        tf = f"{r['tflops']:.3g}" if r["tflops"] else "-"
+        mem = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-"
+        sp = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
+        print(f"{r['case']:28} {r['dtype']:9} {r['mode']:17} {r['provider']:18} {r['median_ms']:10.3f} {spread:>17} {tf:>8} {mem:>8} {sp:>7}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", nargs="+", default=OPS, choices=OPS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: checks the harness, not speed")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement (after the minimum repeats)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results and plots go")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available")
+        if not taskkernels.build_info()["cuda"]:
+            parser.error("--device cuda: this taskkernels build has no CUDA kernels")
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=device_name(device), device_type=device.type, torch=torch.__version__,
+        taskkernels=taskkernels.__version__, build=taskkernels.build_info(), git_commit=git_commit(),
+        quick=args.quick,
+    )
+    print(f"# {meta['device']} | torch {meta['torch']} | taskkernels {meta['taskkernels']} @ {meta['git_commit']} | {meta['date']}")
+    for op in args.ops:
+        rows = run_op(op, device, args.modes, args.quick, args.budget)
+        print(f"\n## {op}")
+        print_table(rows)
+        path = args.out / f"{op}.json"
+        history = json.loads(path.read_text()) if path.exists() else {"op": op, "runs": []}
+        history["runs"].append(dict(meta, rows=rows))
+        path.write_text(json.dumps(history, indent=1) + "\n")
+        png = plot_op(history, device.type, args.out / f"{op}-{device.type}.png")
+        print(f"\nresults: {path}" + (f"\nplot:    {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# For the GPU machine (the device tool; Python 3.12 and torch 2.11 already there, nothing to
+# download): build the package from this tree, run the CUDA tests, run compute-sanitizer on a
+# small subset, run the benchmark suite. Everything worth keeping lands in $OUT (at most 8 files).
+#   device run:  bash scripts/device.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/taskkernels-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+
+echo "== build"
+start=$(date +%s)
+if ! TASKKERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0a"} \
+    "$PY" -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
+  tail -60 "$OUT/build.log"; exit 1
+fi
+echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+"$PY" -m taskkernels.info | tee -a "$OUT/gpu.txt"
+
+echo "== tests (CUDA and CPU)"
+"$PY" -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== compute-sanitizer (memcheck, then racecheck) on a subset"
+SUBSET="cuda and (test_forward_options or test_cuda_matches_cpu or test_cuda_backward_is_deterministic or test_backward_matches_reference and 12, 20)"
+for tool in memcheck racecheck; do
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 7 \
+    "$PY" -m pytest tests/test_patch_embed.py -q -x -p no:cacheprovider -k "$SUBSET" > "$OUT/sanitizer-$tool.log" 2>&1
+  rc=$?
+  echo "$tool: exit $rc; $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitizer-$tool.log" | tail -2 | tr '\n' ' ')"
+  [ $rc -eq 0 ] || status=1
+done
+
+echo "== benchmarks"
+"$PY" -m benchmarks.run --device cuda 2>"$OUT/bench.err" | tee "$OUT/bench.log"
+cp benchmarks/results/*.json benchmarks/results/*-cuda.png "$OUT/" 2>/dev/null
+exit $status

@@ -1,0 +1,29 @@
+"""The benchmark harness runs end to end (tiny sizes: this checks the plumbing, not speed)."""
+
+import json
+
+import pytest
+
+from benchmarks import run
+
+
+def test_quick_run_writes_results_and_plot(tmp_path, capsys):
+    assert run.main(["--ops", "patch_embed", "--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    history = json.loads((tmp_path / "patch_embed.json").read_text())
+    (latest,) = history["runs"]
+    assert latest["device_type"] == "cpu" and latest["git_commit"] and latest["torch"]
+    rows = latest["rows"]
+    providers = {r["provider"] for r in rows}
+    assert {"taskkernels", "reference"} <= providers
+    assert {r["mode"] for r in rows} == {"forward", "backward", "forward+backward"}
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["median_ms"] > 0 and r["q20_ms"] <= r["median_ms"] <= r["q80_ms"]
+        if r["provider"] == "reference":
+            assert r["speedup_vs_reference"] == pytest.approx(1.0)
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib")
+    assert (tmp_path / "patch_embed-cpu.png").stat().st_size > 0
+    assert "speedup" not in capsys.readouterr().err  # the table goes to stdout
+    # A second run appends instead of overwriting.
+    run.main(["--ops", "patch_embed", "--device", "cpu", "--quick", "--modes", "forward", "--out", str(tmp_path)])
+    assert len(json.loads((tmp_path / "patch_embed.json").read_text())["runs"]) == 2
