@@ -59,6 +59,17 @@ __device__ __forceinline__ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+// Operand helpers: V zeros (outside the operand), and one 16-byte read-only load.
+template <int V, class T>
+__device__ __forceinline__ void fill_zero(T* dst) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) dst[j] = Num<T>::zero();
+}
+template <class T>
+__device__ __forceinline__ void load16(const T* p, T* dst) {
+  *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(p));
+}
+
 // ---- a row-major operand with remapped rows ---------------------------------------------------
 // Row r lives at (r / group) * group_stride + (row_offset + r % group) * row_stride: plain
 // row-major with group = rows, or the patch rows of a (B, R, D) tensor that skips a [CLS] row.
@@ -70,17 +81,10 @@ struct RowsOperand {
 
   template <int V>
   __device__ __forceinline__ void load(int64_t r, int64_t c, T* dst) const {
-    if (r >= rows || c >= cols) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) dst[j] = Num<T>::zero();
-      return;
-    }
+    if (r >= rows || c >= cols) return fill_zero<V>(dst);
     const int64_t g = r / group;
     const T* p = ptr + g * group_stride + (row_offset + (r - g * group)) * row_stride + c;
-    if (c + V <= cols && aligned16(p)) {
-      *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(p));
-      return;
-    }
+    if (c + V <= cols && aligned16(p)) return load16(p, dst);
 #pragma unroll
     for (int j = 0; j < V; ++j) dst[j] = (c + j < cols) ? p[j] : Num<T>::zero();
   }

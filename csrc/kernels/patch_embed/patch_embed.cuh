@@ -28,17 +28,10 @@ struct PatchOperand {
 
   template <int V>
   __device__ __forceinline__ void load(int64_t r, int64_t c, T* dst) const {
-    if (r >= rows || c >= cols) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) dst[j] = Num<T>::zero();
-      return;
-    }
+    if (r >= rows || c >= cols) return fill_zero<V>(dst);
     int64_t kx;
     const T* p = address(r, c, &kx);
-    if (sW == 1 && kx + V <= P && aligned16(p)) {
-      *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(p));
-      return;
-    }
+    if (sW == 1 && kx + V <= P && aligned16(p)) return load16(p, dst);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       int64_t unused;
