@@ -8,6 +8,7 @@ autograd, ``torch.compile`` and CPU/CUDA dispatch work as for built-in ops.
 import torch  # noqa: F401  (loads libtorch before the extension registers its ops)
 
 from . import _C
+from .ops.attention import attention, attention_with_lse
 from .ops.patch_embed import patch_embed
 
 __version__ = "0.1.0"
@@ -19,4 +20,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["build_info", "patch_embed", "__version__"]
+__all__ = ["attention", "attention_with_lse", "build_info", "patch_embed", "__version__"]

@@ -3,11 +3,13 @@ float64) and the benchmark suite times them as the baseline: one definition serv
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["patch_embed"]
+__all__ = ["attention", "patch_embed"]
 
 
 def patch_embed(
@@ -26,3 +28,35 @@ def patch_embed(
     if pos_embed is not None:
         x = x + pos_embed.reshape(1, -1, x.shape[-1])
     return x
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Reference of :func:`taskkernels.attention`: the full score matrix in the inputs' dtype,
+    the causal mask aligned to the end (key j visible to query i when j <= i + Nk - Nq), and
+    rows with no visible key giving zeros (lse -inf)."""
+    Nq, Nk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    if attn_bias is not None:
+        s = s + attn_bias.to(s.dtype)
+    visible = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = torch.ones_like(visible).tril(diagonal=Nk - Nq)
+    visible = visible.expand(s.shape)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    s = s.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(s.float() if s.dtype in (torch.float16, torch.bfloat16) else s, dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with nothing visible: NaN -> 0
+    out = p @ v
+    return (out, lse) if return_lse else out

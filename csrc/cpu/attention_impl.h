@@ -1,0 +1,382 @@
+// The CPU attention forward, written once and compiled once per instruction set: the including
+// file defines TK_ATTN_NS (a namespace of its own, so the two copies never merge at link time)
+// and TK_ATTN_ENTRY (the function name).
+//
+// Work item: (b, h, block of BQ queries). Keys stream through in blocks of BK: S = Q K^T in a
+// register-blocked micro-kernel, masks and bias applied, online softmax in base 2 (scores are
+// pre-scaled by log2 e), O += P V. Nothing larger than BQ x BK is stored.
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include "cpu/attention.h"
+
+namespace taskkernels::cpu::TK_ATTN_NS {
+namespace {
+
+constexpr int64_t BQ = 64;  // queries per work item
+constexpr int64_t BK = 64;  // keys per block
+constexpr int64_t RB = 4;   // micro-kernel rows
+constexpr int64_t CB = 16;  // micro-kernel columns (two AVX2 vectors of float)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// A zero-initialised scratch array. Plain new[]/delete[] rather than std::vector: this file is
+// compiled for two instruction sets, and out-of-line std template code from the AVX2 copy could
+// be the one the linker keeps for both.
+template <class A>
+struct Buffer {
+  A* p;
+  explicit Buffer(int64_t n) : p(new A[n]()) {}
+  ~Buffer() { delete[] p; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  A* data() { return p; }
+  A& operator[](int64_t i) { return p[i]; }
+};
+
+template <class A>
+inline void fill(A* p, int64_t n, A v) {
+  for (int64_t i = 0; i < n; ++i) p[i] = v;
+}
+
+// 2^x for x <= 0 (and -inf): round-to-nearest range reduction and a degree-7 Taylor polynomial on
+// [-0.5, 0.5] (relative error < 1e-8); 0 below 2^-126. Branch-free so loops vectorize.
+inline float exp2_neg(float x) {
+  const float xc = x < -126.f ? -126.f : x;
+  const float n = std::nearbyint(xc);
+  const float f = xc - n;
+  float p = 1.5252734e-05f;
+  p = p * f + 1.5403530e-04f;
+  p = p * f + 1.3333558e-03f;
+  p = p * f + 9.6181291e-03f;
+  p = p * f + 5.5504109e-02f;
+  p = p * f + 2.4022651e-01f;
+  p = p * f + 6.9314718e-01f;
+  p = p * f + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -126.f ? 0.f : p * scale;
+}
+inline double exp2_neg(double x) { return std::exp2(x); }
+
+// S[i][j] = sum_d Q[i][d] * KT[d][j], rows [0, rows), columns [0, cols) (multiples of RB, CB);
+// KT's rows are ldk apart.
+template <class A>
+void qk_block(const A* __restrict Q, const A* __restrict KT, A* __restrict S, int64_t rows,
+              int64_t cols, int64_t D, int64_t ldk) {
+  for (int64_t i0 = 0; i0 < rows; i0 += RB) {
+    for (int64_t j0 = 0; j0 < cols; j0 += CB) {
+      A acc[RB][CB] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const A* kt = KT + d * ldk + j0;
+        for (int64_t r = 0; r < RB; ++r) {
+          const A a = Q[(i0 + r) * D + d];
+          for (int64_t c = 0; c < CB; ++c) acc[r][c] += a * kt[c];
+        }
+      }
+      for (int64_t r = 0; r < RB; ++r)
+        for (int64_t c = 0; c < CB; ++c) S[(i0 + r) * BK + j0 + c] = acc[r][c];
+    }
+  }
+}
+
+// O[i][d] += sum_j P[i][j] * V[j][d], rows [0, rows), keys [0, keys), Dp a multiple of CB.
+template <class A>
+void pv_block(const A* __restrict P, const A* __restrict V, A* __restrict O, int64_t rows,
+              int64_t keys, int64_t Dp) {
+  for (int64_t i0 = 0; i0 < rows; i0 += RB) {
+    for (int64_t d0 = 0; d0 < Dp; d0 += CB) {
+      A acc[RB][CB];
+      for (int64_t r = 0; r < RB; ++r)
+        for (int64_t c = 0; c < CB; ++c) acc[r][c] = O[(i0 + r) * Dp + d0 + c];
+      for (int64_t j = 0; j < keys; ++j) {
+        const A* vv = V + j * Dp + d0;
+        for (int64_t r = 0; r < RB; ++r) {
+          const A a = P[(i0 + r) * BK + j];
+          for (int64_t c = 0; c < CB; ++c) acc[r][c] += a * vv[c];
+        }
+      }
+      for (int64_t r = 0; r < RB; ++r)
+        for (int64_t c = 0; c < CB; ++c) O[(i0 + r) * Dp + d0 + c] = acc[r][c];
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// float micro-kernels with explicit AVX2 + FMA: 4 x 16 accumulators in eight registers.
+template <>
+void qk_block<float>(const float* __restrict Q, const float* __restrict KT, float* __restrict S,
+                     int64_t rows, int64_t cols, int64_t D, int64_t ldk) {
+  for (int64_t i0 = 0; i0 < rows; i0 += RB) {
+    for (int64_t j0 = 0; j0 < cols; j0 += CB) {
+      __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+             a30 = a00, a31 = a00;
+      const float* q = Q + i0 * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const __m256 k0 = _mm256_loadu_ps(KT + d * ldk + j0);
+        const __m256 k1 = _mm256_loadu_ps(KT + d * ldk + j0 + 8);
+        __m256 x = _mm256_broadcast_ss(q + d);
+        a00 = _mm256_fmadd_ps(x, k0, a00), a01 = _mm256_fmadd_ps(x, k1, a01);
+        x = _mm256_broadcast_ss(q + D + d);
+        a10 = _mm256_fmadd_ps(x, k0, a10), a11 = _mm256_fmadd_ps(x, k1, a11);
+        x = _mm256_broadcast_ss(q + 2 * D + d);
+        a20 = _mm256_fmadd_ps(x, k0, a20), a21 = _mm256_fmadd_ps(x, k1, a21);
+        x = _mm256_broadcast_ss(q + 3 * D + d);
+        a30 = _mm256_fmadd_ps(x, k0, a30), a31 = _mm256_fmadd_ps(x, k1, a31);
+      }
+      float* o = S + i0 * BK + j0;
+      _mm256_storeu_ps(o, a00), _mm256_storeu_ps(o + 8, a01);
+      _mm256_storeu_ps(o + BK, a10), _mm256_storeu_ps(o + BK + 8, a11);
+      _mm256_storeu_ps(o + 2 * BK, a20), _mm256_storeu_ps(o + 2 * BK + 8, a21);
+      _mm256_storeu_ps(o + 3 * BK, a30), _mm256_storeu_ps(o + 3 * BK + 8, a31);
+    }
+  }
+}
+
+template <>
+void pv_block<float>(const float* __restrict P, const float* __restrict V, float* __restrict O,
+                     int64_t rows, int64_t keys, int64_t Dp) {
+  for (int64_t i0 = 0; i0 < rows; i0 += RB) {
+    for (int64_t d0 = 0; d0 < Dp; d0 += CB) {
+      float* o = O + i0 * Dp + d0;
+      __m256 a00 = _mm256_loadu_ps(o), a01 = _mm256_loadu_ps(o + 8);
+      __m256 a10 = _mm256_loadu_ps(o + Dp), a11 = _mm256_loadu_ps(o + Dp + 8);
+      __m256 a20 = _mm256_loadu_ps(o + 2 * Dp), a21 = _mm256_loadu_ps(o + 2 * Dp + 8);
+      __m256 a30 = _mm256_loadu_ps(o + 3 * Dp), a31 = _mm256_loadu_ps(o + 3 * Dp + 8);
+      const float* pr = P + i0 * BK;
+      for (int64_t j = 0; j < keys; ++j) {
+        const __m256 v0 = _mm256_loadu_ps(V + j * Dp + d0);
+        const __m256 v1 = _mm256_loadu_ps(V + j * Dp + d0 + 8);
+        __m256 x = _mm256_broadcast_ss(pr + j);
+        a00 = _mm256_fmadd_ps(x, v0, a00), a01 = _mm256_fmadd_ps(x, v1, a01);
+        x = _mm256_broadcast_ss(pr + BK + j);
+        a10 = _mm256_fmadd_ps(x, v0, a10), a11 = _mm256_fmadd_ps(x, v1, a11);
+        x = _mm256_broadcast_ss(pr + 2 * BK + j);
+        a20 = _mm256_fmadd_ps(x, v0, a20), a21 = _mm256_fmadd_ps(x, v1, a21);
+        x = _mm256_broadcast_ss(pr + 3 * BK + j);
+        a30 = _mm256_fmadd_ps(x, v0, a30), a31 = _mm256_fmadd_ps(x, v1, a31);
+      }
+      _mm256_storeu_ps(o, a00), _mm256_storeu_ps(o + 8, a01);
+      _mm256_storeu_ps(o + Dp, a10), _mm256_storeu_ps(o + Dp + 8, a11);
+      _mm256_storeu_ps(o + 2 * Dp, a20), _mm256_storeu_ps(o + 2 * Dp + 8, a21);
+      _mm256_storeu_ps(o + 3 * Dp, a30), _mm256_storeu_ps(o + 3 * Dp + 8, a31);
+    }
+  }
+}
+#endif
+
+// max and sum over n (a multiple of 8) values, in 8 lanes so that the loops vectorize.
+template <class A>
+inline A row_max(const A* x, int64_t n) {
+  A lane[8];
+  for (int u = 0; u < 8; ++u) lane[u] = x[u];
+  for (int64_t c = 8; c < n; c += 8)
+    for (int u = 0; u < 8; ++u) lane[u] = lane[u] > x[c + u] ? lane[u] : x[c + u];
+  A m = lane[0];
+  for (int u = 1; u < 8; ++u) m = m > lane[u] ? m : lane[u];
+  return m;
+}
+
+// p[c] = 2^(s[c] - mx); returns the sum.
+template <class A>
+inline A exp_and_sum(const A* s, A* p, int64_t n, A mx) {
+  A lane[8] = {};
+  for (int64_t c = 0; c < n; c += 8)
+    for (int u = 0; u < 8; ++u) {
+      p[c + u] = exp2_neg(s[c + u] - mx);
+      lane[u] += p[c + u];
+    }
+  A sum = 0;
+  for (int u = 0; u < 8; ++u) sum += lane[u];
+  return sum;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 exp2_neg8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-126.f);
+  const __m256 xc = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(xc, n);
+  __m256 p = _mm256_set1_ps(1.5252734e-05f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530e-04f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504109e-02f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022651e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_and_ps(r, _mm256_cmp_ps(x, lo, _CMP_GE_OQ));  // 0 below 2^-126 (and for -inf)
+}
+
+template <>
+inline float row_max<float>(const float* x, int64_t n) {
+  __m256 m = _mm256_loadu_ps(x);
+  for (int64_t c = 8; c < n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, m);
+  float r = lane[0];
+  for (int u = 1; u < 8; ++u) r = r > lane[u] ? r : lane[u];
+  return r;
+}
+
+template <>
+inline float exp_and_sum<float>(const float* s, float* p, int64_t n, float mx) {
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256 e = exp2_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + c), m));
+    _mm256_storeu_ps(p + c, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, acc);
+  float r = 0;
+  for (int u = 0; u < 8; ++u) r += lane[u];
+  return r;
+}
+#endif
+
+template <class T, class A>
+void run(const AttentionParams& p) {
+  constexpr A kLog2e = A(1.4426950408889634);
+  constexpr A kLn2 = A(0.6931471805599453);
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+  const int64_t B = p.B, H = p.H, Nq = p.Nq, Nk = p.Nk, D = p.D;
+  const int64_t Dp = round_up(D, CB);
+  const int64_t shift = Nk - Nq;  // causal: key j visible to query i when j <= i + shift
+  const int64_t q_blocks = (Nq + BQ - 1) / BQ;
+  const T* qp = static_cast<const T*>(p.q);
+  const T* kp = static_cast<const T*>(p.k);
+  const T* vp = static_cast<const T*>(p.v);
+  T* out = static_cast<T*>(p.out);
+  A* lse = static_cast<A*>(p.lse);
+  const A qscale = static_cast<A>(p.scale) * kLog2e;
+
+  // A work item is (b, h, a run of query blocks): K^T and V of the head are converted once per
+  // item. Whole heads when there are enough of them to keep every thread busy.
+  const int64_t threads = torch::stable::get_num_threads();
+  const int64_t per_item = B * H >= 4 * threads ? q_blocks : 1;
+  const int64_t items_per_head = (q_blocks + per_item - 1) / per_item;
+  const int64_t ldk = round_up(Nk, BK);  // keys in the K^T and V buffers
+
+  torch::stable::parallel_for(0, B * H * items_per_head, 1, [&](int64_t begin, int64_t end) {
+    Buffer<A> Qb(BQ * D), KT(D * ldk), Vb(ldk * Dp), S(BQ * BK), P(BQ * BK), O(BQ * Dp), m(BQ), l(BQ);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / items_per_head, b = bh / H, h = bh % H;
+      const int64_t qb_begin = (item % items_per_head) * per_item;
+      const int64_t qb_end = std::min(q_blocks, qb_begin + per_item);
+      const T* qbase = qp + b * p.q_stride[0] + h * p.q_stride[1];
+      const T* kbase = kp + b * p.k_stride[0] + h * p.k_stride[1];
+      const T* vbase = vp + b * p.v_stride[0] + h * p.v_stride[1];
+
+      // The keys any row of this item can see; K^T gets zero columns up to a whole block.
+      const int64_t last_row = std::min(Nq, qb_end * BQ) - 1;
+      const int64_t kmax = p.causal ? std::max<int64_t>(0, std::min(Nk, last_row + 1 + shift)) : Nk;
+      const int64_t kpad = round_up(kmax, BK);
+      // K^T stored block by block ([key block][d][BK]): each block's rows are contiguous, so the
+      // micro-kernel does not stride across the whole head (4 KB aliasing in L1).
+      for (int64_t k0 = 0; k0 < kpad; k0 += BK) {
+        A* blk = KT.data() + k0 * D;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t c = 0; c < BK; ++c)
+            blk[d * BK + c] = k0 + c < kmax ? static_cast<A>(kbase[(k0 + c) * p.k_stride[2] + d * p.k_stride[3]]) : A(0);
+      }
+      for (int64_t j = 0; j < kmax; ++j)
+        for (int64_t d = 0; d < D; ++d)
+          Vb[j * Dp + d] = static_cast<A>(vbase[j * p.v_stride[2] + d * p.v_stride[3]]);
+
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
+        const int64_t q0 = qb * BQ, nr = std::min(BQ, Nq - q0), rows = round_up(nr, RB);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t d = 0; d < D; ++d)
+            Qb[r * D + d] = r < nr ? static_cast<A>(qbase[(q0 + r) * p.q_stride[2] + d * p.q_stride[3]]) * qscale : A(0);
+        fill(O.data(), BQ * Dp, A(0));
+        fill(m.data(), BQ, kNegInf);
+        fill(l.data(), BQ, A(0));
+
+        // Keys past the last row's causal limit are never visible to this block.
+        const int64_t kend = p.causal ? std::min(Nk, q0 + nr + shift) : Nk;
+        for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+          const int64_t nk = std::min(BK, kend - k0), cols = round_up(nk, CB);
+          qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK);
+
+          // Masks are needed only where this block can hide something.
+          const bool causal_cut = p.causal && k0 + nk - 1 > q0 + shift;
+          for (int64_t r = 0; r < nr; ++r) {
+            A* s = S.data() + r * BK;
+            A* pr = P.data() + r * BK;
+            const int64_t i = q0 + r;
+            if (p.bias) {
+              const int64_t base = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2];
+              const int64_t bs = p.bias_stride[3];
+              if (p.bias_is_float32) {
+                const float* bp = static_cast<const float*>(p.bias) + base + k0 * bs;
+                for (int64_t c = 0; c < nk; ++c) s[c] += static_cast<A>(bp[c * bs]) * kLog2e;
+              } else {
+                const T* bp = static_cast<const T*>(p.bias) + base + k0 * bs;
+                for (int64_t c = 0; c < nk; ++c) s[c] += static_cast<A>(bp[c * bs]) * kLog2e;
+              }
+            }
+            if (p.key_padding) {
+              const bool* kpm = p.key_padding + b * p.kp_stride[0] + k0 * p.kp_stride[1];
+              for (int64_t c = 0; c < nk; ++c)
+                if (kpm[c * p.kp_stride[1]]) s[c] = kNegInf;
+            }
+            if (causal_cut) {
+              for (int64_t c = std::max<int64_t>(0, i + shift + 1 - k0); c < nk; ++c) s[c] = kNegInf;
+            }
+            for (int64_t c = nk; c < cols; ++c) s[c] = kNegInf;
+            const A mx = row_max(s, cols);
+            const A mnew = m[r] > mx ? m[r] : mx;
+            if (mnew == kNegInf) {  // nothing visible to this row yet
+              fill(pr, cols, A(0));
+              continue;
+            }
+            const A alpha = m[r] == kNegInf ? A(0) : exp2_neg(m[r] - mnew);
+            const A sum = exp_and_sum(s, pr, cols, mnew);
+            l[r] = l[r] * alpha + sum;
+            m[r] = mnew;
+            if (alpha != A(1)) {
+              A* orow = O.data() + r * Dp;
+              for (int64_t d = 0; d < Dp; ++d) orow[d] *= alpha;
+            }
+          }
+          pv_block(P.data(), Vb.data() + k0 * Dp, O.data(), rows, nk, Dp);
+        }
+
+        T* obase = out + ((b * H + h) * Nq + q0) * D;
+        A* lbase = lse + (b * H + h) * Nq + q0;
+        for (int64_t r = 0; r < nr; ++r) {
+          const A inv = l[r] > A(0) ? A(1) / l[r] : A(0);
+          for (int64_t d = 0; d < D; ++d) obase[r * D + d] = static_cast<T>(O[r * Dp + d] * inv);
+          lbase[r] = l[r] > A(0) ? (m[r] + std::log2(l[r])) * kLn2 : kNegInf;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void TK_ATTN_ENTRY(const AttentionParams& p) {
+  switch (p.dtype) {
+    case AttnDType::kHalf: return run<c10::Half, float>(p);
+    case AttnDType::kBFloat16: return run<c10::BFloat16, float>(p);
+    case AttnDType::kFloat: return run<float, float>(p);
+    case AttnDType::kDouble: return run<double, double>(p);
+  }
+}
+
+}  // namespace taskkernels::cpu::TK_ATTN_NS

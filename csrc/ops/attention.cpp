@@ -1,0 +1,128 @@
+// attention: schema, argument checks, CPU registration.
+#include <optional>
+#include <tuple>
+
+#include "cpu/attention.h"
+#include "ops/common.h"
+
+namespace taskkernels {
+namespace {
+
+namespace ts = torch::stable;
+constexpr const char* kOp = "attention";
+
+struct Dims {
+  int64_t B, H, Nq, Nk, D;
+};
+
+Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                     const std::optional<Tensor>& key_padding_mask,
+                     const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+  TK_CHECK(q.dim() == 4, kOp, "q must be 4-D (B, H, Nq, D), got shape ", shape_str(q));
+  TK_CHECK(is_floating(q.scalar_type()), kOp, "q must be float16, bfloat16, float32 or float64, got ",
+           dtype_name(q.scalar_type()));
+  TK_CHECK(q.is_cpu() || q.is_cuda(), kOp, "q must be on a CPU or CUDA device");
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TK_CHECK(D >= 1, kOp, "q's head dimension must be at least 1, got shape ", shape_str(q));
+  TK_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D, kOp,
+           "k must have shape (B, H, Nk, D) = (", B, ", ", H, ", Nk, ", D, ") to match q, got ",
+           shape_str(k));
+  const int64_t Nk = k.size(2);
+  TK_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == H && v.size(2) == Nk && v.size(3) == D,
+           kOp, "v must have shape (B, H, Nk, D) = (", B, ", ", H, ", ", Nk, ", ", D,
+           ") to match q and k, got ", shape_str(v));
+  check_same(kOp, k, "k", q, "q");
+  check_same(kOp, v, "v", q, "q");
+  if (key_padding_mask.has_value()) {
+    const Tensor& m = *key_padding_mask;
+    TK_CHECK(m.scalar_type() == ScalarType::Bool, kOp,
+             "key_padding_mask must be bool (True = padding), got ", dtype_name(m.scalar_type()));
+    TK_CHECK(m.dim() == 2 && m.size(0) == B && m.size(1) == Nk, kOp,
+             "key_padding_mask must have shape (B, Nk) = (", B, ", ", Nk, "), got ", shape_str(m));
+    TK_CHECK(m.is_cpu() == q.is_cpu() && m.get_device_index() == q.get_device_index(), kOp,
+             "key_padding_mask must be on the device of q (", device_str(q), "), got ", device_str(m));
+  }
+  if (attn_bias.has_value()) {
+    const Tensor& b = *attn_bias;
+    TK_CHECK(b.scalar_type() == q.scalar_type() || b.scalar_type() == ScalarType::Float, kOp,
+             "attn_bias must have the dtype of q (", dtype_name(q.scalar_type()),
+             ") or float32, got ", dtype_name(b.scalar_type()));
+    TK_CHECK(b.is_cpu() == q.is_cpu() && b.get_device_index() == q.get_device_index(), kOp,
+             "attn_bias must be on the device of q (", device_str(q), "), got ", device_str(b));
+    const int64_t target[4] = {B, H, Nq, Nk};
+    bool ok = b.dim() >= 1 && b.dim() <= 4;
+    for (int64_t i = 0; ok && i < b.dim(); ++i) {
+      const int64_t s = b.size(b.dim() - 1 - i), t = target[3 - i];
+      ok = s == t || s == 1;
+    }
+    TK_CHECK(ok, kOp, "attn_bias must broadcast to (B, H, Nq, Nk) = (", B, ", ", H, ", ", Nq, ", ",
+             Nk, "), got shape ", shape_str(b));
+  }
+  if (scale.has_value()) {
+    TK_CHECK(std::isfinite(*scale), kOp, "scale must be finite, got ", *scale);
+  }
+  return {B, H, Nq, Nk, D};
+}
+
+cpu::AttnDType attn_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::Half: return cpu::AttnDType::kHalf;
+    case ScalarType::BFloat16: return cpu::AttnDType::kBFloat16;
+    case ScalarType::Float: return cpu::AttnDType::kFloat;
+    default: return cpu::AttnDType::kDouble;
+  }
+}
+
+ScalarType lse_dtype(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
+std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool causal,
+                                         std::optional<Tensor> key_padding_mask,
+                                         std::optional<Tensor> attn_bias,
+                                         std::optional<double> scale) {
+  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
+  Tensor out = ts::new_empty(q, {d.B, d.H, d.Nq, d.D});
+  Tensor lse = ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type()));
+  if (d.B * d.H * d.Nq == 0) return {out, lse};
+
+  cpu::AttentionParams p{};
+  p.dtype = attn_dtype(q.scalar_type());
+  p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D;
+  p.q = q.const_data_ptr(), p.k = k.const_data_ptr(), p.v = v.const_data_ptr();
+  for (int i = 0; i < 4; ++i) {
+    p.q_stride[i] = q.stride(i), p.k_stride[i] = k.stride(i), p.v_stride[i] = v.stride(i);
+  }
+  if (key_padding_mask.has_value()) {
+    p.key_padding = static_cast<const bool*>(key_padding_mask->const_data_ptr());
+    p.kp_stride[0] = key_padding_mask->stride(0), p.kp_stride[1] = key_padding_mask->stride(1);
+  }
+  if (attn_bias.has_value()) {
+    const Tensor& b = *attn_bias;
+    p.bias = b.const_data_ptr();
+    p.bias_is_float32 = b.scalar_type() == ScalarType::Float && q.scalar_type() != ScalarType::Float;
+    for (int i = 0; i < 4; ++i) {  // broadcast dimensions read with stride 0
+      const int64_t src = i - (4 - b.dim());
+      p.bias_stride[i] = (src < 0 || b.size(src) == 1) ? 0 : b.stride(src);
+    }
+  }
+  p.causal = causal;
+  p.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.D));
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr();
+  cpu::attention_forward(p);
+  return {out, lse};
+}
+
+}  // namespace
+}  // namespace taskkernels
+
+STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor v, bool causal=False, Tensor? key_padding_mask=None, "
+      "Tensor? attn_bias=None, float? scale=None) -> (Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {
+  m.impl("attention", TORCH_BOX(&taskkernels::attention_cpu));
+}

@@ -1,0 +1,99 @@
+"""Fused attention: a drop-in for ``F.scaled_dot_product_attention`` in the seed models."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["attention", "attention_with_lse"]
+
+
+def attention_with_lse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`attention` that also returns the per-row log-sum-exp of the masked, scaled scores:
+    lse (B, H, Nq), float32 (float64 for float64 inputs), -inf for rows with no visible key."""
+    return torch.ops.taskkernels.attention(q, k, v, causal, key_padding_mask, attn_bias, scale)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """softmax(scale * q k^T + attn_bias, masked) v, without materializing the Nq x Nk scores.
+
+    Args:
+        q: (B, H, Nq, D); k, v: (B, H, Nk, D), the layout of ``F.scaled_dot_product_attention``.
+            Any strides (e.g. a (B, N, H, D) projection viewed with ``transpose(1, 2)``).
+            float16, bfloat16, float32 or float64, all the same dtype and device.
+        causal: query i sees key j only when ``j <= i + (Nk - Nq)``: the mask is aligned to the
+            *end*, as with a KV cache (Nq < Nk during generation). For Nq == Nk this is the usual
+            lower-triangular mask. (``F.scaled_dot_product_attention(is_causal=True)`` aligns it
+            to the start instead; the two agree when Nq == Nk.)
+        key_padding_mask: (B, Nk) bool, True where the key is padding (``nn.MultiheadAttention``'s
+            convention; from an HF ``attention_mask`` pass ``attention_mask == 0``).
+        attn_bias: additive, broadcastable to (B, H, Nq, Nk), dtype of q or float32.
+        scale: defaults to ``1 / sqrt(D)``.
+
+    Returns:
+        (B, H, Nq, D), contiguous, dtype of q. A row whose keys are all masked is all zeros
+        (never NaN).
+
+    Accumulation is in fp32 for fp16/bf16/fp32 (fp64 for fp64).
+    """
+    return attention_with_lse(
+        q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, scale=scale
+    )[0]
+
+
+def _check(q, k, v, key_padding_mask, attn_bias, scale):
+    """The C++ op's checks for fake tensors (torch.compile, meta)."""
+    def need(cond, msg):
+        torch._check(cond, lambda: f"taskkernels.attention: {msg}")
+
+    need(q.dim() == 4, f"q must be 4-D (B, H, Nq, D), got shape {tuple(q.shape)}")
+    B, H, Nq, D = q.shape
+    need(k.dim() == 4 and (k.shape[0], k.shape[1], k.shape[3]) == (B, H, D),
+         f"k must have shape (B, H, Nk, D) = ({B}, {H}, Nk, {D}) to match q, got {tuple(k.shape)}")
+    Nk = k.shape[2]
+    need(tuple(v.shape) == (B, H, Nk, D),
+         f"v must have shape (B, H, Nk, D) = ({B}, {H}, {Nk}, {D}) to match q and k, got {tuple(v.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        need(t.dtype == q.dtype, f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+        need(t.device == q.device, f"{name} must be on the device of q ({q.device}), got {t.device}")
+    if key_padding_mask is not None:
+        need(key_padding_mask.dtype == torch.bool, f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
+        need(tuple(key_padding_mask.shape) == (B, Nk),
+             f"key_padding_mask must have shape (B, Nk) = ({B}, {Nk}), got {tuple(key_padding_mask.shape)}")
+        need(key_padding_mask.device == q.device, f"key_padding_mask must be on the device of q ({q.device})")
+    if attn_bias is not None:
+        need(attn_bias.dtype in (q.dtype, torch.float32), f"attn_bias must have the dtype of q ({q.dtype}) or float32, got {attn_bias.dtype}")
+        need(attn_bias.device == q.device, f"attn_bias must be on the device of q ({q.device})")
+        shape = tuple(attn_bias.shape)
+        need(1 <= len(shape) <= 4 and all(s in (1, t) for s, t in zip(reversed(shape), (Nk, Nq, H, B))),
+             f"attn_bias must broadcast to (B, H, Nq, Nk) = ({B}, {H}, {Nq}, {Nk}), got shape {shape}")
+    if scale is not None:
+        need(math.isfinite(scale), f"scale must be finite, got {scale}")
+    return B, H, Nq, D
+
+
+@torch.library.register_fake("taskkernels::attention")
+def _attention_fake(q, k, v, causal=False, key_padding_mask=None, attn_bias=None, scale=None):
+    B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty((B, H, Nq, D)), q.new_empty((B, H, Nq), dtype=lse_dtype)
