@@ -22,6 +22,13 @@ def attention_with_lse(
 ) -> tuple[Tensor, Tensor]:
     """:func:`attention` that also returns the per-row log-sum-exp of the masked, scaled scores:
     lse (B, H, Nq), float32 (float64 for float64 inputs), -inf for rows with no visible key."""
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, attn_bias)
+    ):
+        raise NotImplementedError(
+            "taskkernels.attention: gradients are not implemented yet (the backward op is the next "
+            "issue); call it under torch.no_grad() / inference_mode, or on tensors that do not require grad"
+        )
     return torch.ops.taskkernels.attention(q, k, v, causal, key_padding_mask, attn_bias, scale)
 
 
