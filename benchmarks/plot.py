@@ -27,7 +27,8 @@ def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
     if not runs:
         return None
     run = next((r for r in reversed(runs) if not r.get("quick")), runs[-1])
-    rows = [r for r in run["rows"] if r.get("speedup_vs_reference") and r["provider"] != REFERENCE]
+    baseline = next((r.get("baseline", REFERENCE) for r in run["rows"]), REFERENCE)
+    rows = [r for r in run["rows"] if r.get("speedup_vs_reference") and r["provider"] != baseline]
     if not rows:
         return None
     groups = sorted({(r["case"], r["dtype"]) for r in rows}, key=lambda g: (g[1], g[0]))
@@ -49,7 +50,7 @@ def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
         ax.set_yticks(range(len(groups)))
         ax.set_yticklabels([f"{c} {d}" for c, d in groups], fontsize=8)
         ax.set_title(mode)
-        ax.set_xlabel("speed-up over reference (higher is better)")
+        ax.set_xlabel(f"speed-up over {baseline} (higher is better)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(providers))
     fig.suptitle(f"{history['op']} | {run['device']} | torch {run['torch']} | {run['git_commit']} | {run['date'][:10]}", fontsize=9)

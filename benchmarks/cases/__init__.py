@@ -1,3 +1,5 @@
-"""One module per op: ``cases(device)`` and ``providers()``. The runner finds them by name."""
+"""One module per op: ``cases(device, quick)`` and ``providers(device)``; optional ``BASELINE`` (the
+provider speed-ups are measured against, default "reference") and ``MODES``. The runner finds
+them by name."""
 
-OPS = ["patch_embed"]
+OPS = ["patch_embed", "attention"]

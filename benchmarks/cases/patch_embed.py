@@ -82,7 +82,7 @@ def _hf_module(inputs):
     return Prepared(lambda: module(x), list(module.parameters()))
 
 
-def providers() -> list[Provider]:
+def providers(device: torch.device) -> list[Provider]:
     try:
         import transformers  # noqa: F401
 
