@@ -273,6 +273,9 @@ void run(const AttentionParams& p) {
 
   torch::stable::parallel_for(0, B * H * items_per_head, 1, [&](int64_t begin, int64_t end) {
     Buffer<A> Qb(BQ * D), KT(D * ldk), Vb(ldk * Dp), S(BQ * BK), P(BQ * BK), O(BQ * Dp), m(BQ), l(BQ);
+    // Key padding as an additive row (0 or -inf) per key, and which key blocks have any key left.
+    Buffer<A> pad_add(p.key_padding ? ldk : 1);
+    Buffer<bool> block_live(ldk / BK + 1);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / items_per_head, b = bh / H, h = bh % H;
       const int64_t qb_begin = (item % items_per_head) * per_item;
@@ -297,6 +300,20 @@ void run(const AttentionParams& p) {
         for (int64_t d = 0; d < D; ++d)
           Vb[j * Dp + d] = static_cast<A>(vbase[j * p.v_stride[2] + d * p.v_stride[3]]);
 
+      for (int64_t k0 = 0; k0 < kpad; k0 += BK) block_live[k0 / BK] = true;
+      if (p.key_padding) {
+        const bool* kpm = p.key_padding + b * p.kp_stride[0];
+        for (int64_t k0 = 0; k0 < kpad; k0 += BK) {
+          bool live = false;
+          for (int64_t j = k0; j < std::min(k0 + BK, kmax); ++j) {
+            const bool pad = kpm[j * p.kp_stride[1]];
+            pad_add[j] = pad ? kNegInf : A(0);
+            live = live || !pad;
+          }
+          block_live[k0 / BK] = live;
+        }
+      }
+
       for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
         const int64_t q0 = qb * BQ, nr = std::min(BQ, Nq - q0), rows = round_up(nr, RB);
         for (int64_t r = 0; r < rows; ++r)
@@ -309,6 +326,7 @@ void run(const AttentionParams& p) {
         // Keys past the last row's causal limit are never visible to this block.
         const int64_t kend = p.causal ? std::min(Nk, q0 + nr + shift) : Nk;
         for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+          if (!block_live[k0 / BK]) continue;  // every key of this block is padding
           const int64_t nk = std::min(BK, kend - k0), cols = round_up(nk, CB);
           qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK);
 
@@ -330,9 +348,8 @@ void run(const AttentionParams& p) {
               }
             }
             if (p.key_padding) {
-              const bool* kpm = p.key_padding + b * p.kp_stride[0] + k0 * p.kp_stride[1];
-              for (int64_t c = 0; c < nk; ++c)
-                if (kpm[c * p.kp_stride[1]]) s[c] = kNegInf;
+              const A* pa = pad_add.data() + k0;
+              for (int64_t c = 0; c < nk; ++c) s[c] += pa[c];
             }
             if (causal_cut) {
               for (int64_t c = std::max<int64_t>(0, i + shift + 1 - k0); c < nk; ++c) s[c] = kNegInf;

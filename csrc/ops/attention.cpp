@@ -1,9 +1,14 @@
-// attention: schema, argument checks, CPU registration.
+// attention: schema, argument checks, CPU and CUDA registrations.
 #include <optional>
 #include <tuple>
 
+#include <torch/csrc/stable/accelerator.h>
+
 #include "cpu/attention.h"
 #include "ops/common.h"
+#ifdef TASKKERNELS_WITH_CUDA
+#include "kernels/attention/attention.h"
+#endif
 
 namespace taskkernels {
 namespace {
@@ -64,12 +69,12 @@ Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   return {B, H, Nq, Nk, D};
 }
 
-cpu::AttnDType attn_dtype(ScalarType t) {
+AttnDType attn_dtype(ScalarType t) {
   switch (t) {
-    case ScalarType::Half: return cpu::AttnDType::kHalf;
-    case ScalarType::BFloat16: return cpu::AttnDType::kBFloat16;
-    case ScalarType::Float: return cpu::AttnDType::kFloat;
-    default: return cpu::AttnDType::kDouble;
+    case ScalarType::Half: return AttnDType::kHalf;
+    case ScalarType::BFloat16: return AttnDType::kBFloat16;
+    case ScalarType::Float: return AttnDType::kFloat;
+    default: return AttnDType::kDouble;
   }
 }
 
@@ -77,16 +82,21 @@ ScalarType lse_dtype(ScalarType t) {
   return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool causal,
-                                         std::optional<Tensor> key_padding_mask,
-                                         std::optional<Tensor> attn_bias,
-                                         std::optional<double> scale) {
-  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
-  Tensor out = ts::new_empty(q, {d.B, d.H, d.Nq, d.D});
-  Tensor lse = ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type()));
-  if (d.B * d.H * d.Nq == 0) return {out, lse};
+// Checks the arguments, allocates out and lse, and fills the torch-free parameters.
+struct Prepared {
+  Tensor out, lse;
+  AttentionParams p;
+  bool empty;
+};
 
-  cpu::AttentionParams p{};
+Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                 const std::optional<Tensor>& key_padding_mask,
+                 const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
+  Prepared r{ts::new_empty(q, {d.B, d.H, d.Nq, d.D}),
+             ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type())), AttentionParams{},
+             d.B * d.H * d.Nq == 0};
+  AttentionParams& p = r.p;
   p.dtype = attn_dtype(q.scalar_type());
   p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D;
   p.q = q.const_data_ptr(), p.k = k.const_data_ptr(), p.v = v.const_data_ptr();
@@ -108,11 +118,36 @@ std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool caus
   }
   p.causal = causal;
   p.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.D));
-  p.out = out.mutable_data_ptr();
-  p.lse = lse.mutable_data_ptr();
-  cpu::attention_forward(p);
-  return {out, lse};
+  p.out = r.out.mutable_data_ptr();
+  p.lse = r.lse.mutable_data_ptr();
+  return r;
 }
+
+std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool causal,
+                                         std::optional<Tensor> key_padding_mask,
+                                         std::optional<Tensor> attn_bias,
+                                         std::optional<double> scale) {
+  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale);
+  if (!r.empty) cpu::attention_forward(r.p);
+  return {r.out, r.lse};
+}
+
+#ifdef TASKKERNELS_WITH_CUDA
+std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool causal,
+                                          std::optional<Tensor> key_padding_mask,
+                                          std::optional<Tensor> attn_bias,
+                                          std::optional<double> scale) {
+  const ts::accelerator::DeviceGuard guard(q.get_device_index());
+  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale);
+  TK_CHECK(r.p.D <= cuda::kMaxAttentionHeadDim, kOp, "on CUDA the head dimension must be at most ",
+           cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));
+  if (!r.empty) {
+    auto stream = static_cast<cudaStream_t>(current_cuda_stream(q.get_device_index()));
+    check_cuda(cuda::attention_forward(r.p, stream), kOp, "the CUDA attention kernel");
+  }
+  return {r.out, r.lse};
+}
+#endif
 
 }  // namespace
 }  // namespace taskkernels
@@ -126,3 +161,9 @@ STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
 STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {
   m.impl("attention", TORCH_BOX(&taskkernels::attention_cpu));
 }
+
+#ifdef TASKKERNELS_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(taskkernels, CUDA, m) {
+  m.impl("attention", TORCH_BOX(&taskkernels::attention_cuda));
+}
+#endif

@@ -1,0 +1,34 @@
+// Parameters of the fused attention forward, shared by the CPU and CUDA implementations.
+// Torch-free: pointers, sizes, strides.
+#pragma once
+
+#include <cstdint>
+
+namespace taskkernels {
+
+enum class AttnDType { kHalf, kBFloat16, kFloat, kDouble };
+
+// out[b, h, i] = softmax_j(scale * q_i . k_j + bias[b, h, i, j], masked) @ v, computed in tiles
+// with an online softmax: nothing Nq x Nk is ever stored.
+// Masks: key_padding[b, j] true = key j is padding (ignored); causal: key j is visible to query i
+// when j <= i + (Nk - Nq) (aligned to the end, as with a KV cache). A row with no visible key
+// gets out = 0 and lse = -inf.
+struct AttentionParams {
+  AttnDType dtype;
+  int64_t B, H, Nq, Nk, D;
+  const void* q;
+  const void* k;
+  const void* v;
+  int64_t q_stride[4], k_stride[4], v_stride[4];  // element strides (b, h, n, d)
+  const bool* key_padding;                       // nullable; (B, Nk)
+  int64_t kp_stride[2];
+  const void* bias;  // nullable; broadcast through zero strides; dtype of q or float32
+  bool bias_is_float32;
+  int64_t bias_stride[4];
+  bool causal;
+  double scale;
+  void* out;  // (B, H, Nq, D) contiguous, dtype of q
+  void* lse;  // (B, H, Nq) contiguous, float32 (float64 for float64 inputs), natural log
+};
+
+}  // namespace taskkernels

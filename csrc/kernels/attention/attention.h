@@ -1,0 +1,20 @@
+// CUDA fused attention (forward): the interface the torch glue calls. Torch-free.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "common/attention_params.h"
+
+namespace taskkernels::cuda {
+
+// Largest head dimension the CUDA kernels take.
+constexpr int64_t kMaxAttentionHeadDim = 256;
+
+// Writes p.out and p.lse on `stream`. Picks the tensor-core kernel where it applies and the
+// exact (FMA) kernel otherwise.
+cudaError_t attention_forward(const AttentionParams& p, cudaStream_t stream);
+
+// The exact kernel alone (every dtype, D <= kMaxAttentionHeadDim): one warp per query row.
+cudaError_t attention_forward_simt(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace taskkernels::cuda
