@@ -42,11 +42,28 @@ class Provider:
 
 @dataclass
 class Timing:
-    median_ms: float
-    q20_ms: float
-    q80_ms: float
-    repeats: int
+    samples_ms: list
     peak_mem_mb: float | None
+
+    def merged(self, other: "Timing") -> "Timing":
+        peaks = [p for p in (self.peak_mem_mb, other.peak_mem_mb) if p is not None]
+        return Timing(self.samples_ms + other.samples_ms, max(peaks) if peaks else None)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def q20_ms(self) -> float:
+        return _quantile(self.samples_ms, 0.2)
+
+    @property
+    def q80_ms(self) -> float:
+        return _quantile(self.samples_ms, 0.8)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.samples_ms)
 
 
 def _quantile(xs, q):
@@ -122,7 +139,7 @@ def time_mode(
             times.append((time.perf_counter() - t0) * 1e3)
             if i + 1 >= min_repeats and time.perf_counter() - start_wall > budget_s:
                 break
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), peak)
+    return Timing(times, peak)
 
 
 def device_name(device: torch.device) -> str:

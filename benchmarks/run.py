@@ -71,36 +71,45 @@ def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float) -
     baseline = getattr(module, "BASELINE", REFERENCE)
     modes = [m for m in modes if m in getattr(module, "MODES", MODES)]
     rows = []
+    # Providers are timed in turns (several rounds, each a slice of the budget) so that a slow
+    # spell of a shared machine lands on all of them rather than on one.
+    rounds = 1 if quick else 3
     bar = _progress(len(cases) * len(providers) * len(modes))
     for case in cases:
         sets = [case.make_inputs() for _ in range(1 if quick else 3)]
-        for provider in providers:
-            if provider.unavailable:
-                bar.update(len(modes))
-                continue
-            prepared = [provider.prepare(inputs) for inputs in sets]
-            for mode in modes:
-                bar.set_description(f"{op} {case.name} {str(case.dtype)[6:]} {provider.name} {mode}")
-                try:
-                    t = time_mode(
-                        prepared, mode, device,
-                        min_repeats=3 if quick else (10 if device.type == "cpu" else 50),
-                        max_repeats=5 if quick else (50 if device.type == "cpu" else 1000),
-                        budget_s=0.05 if quick else budget_s,
-                        warmup=1 if quick else (2 if device.type == "cpu" else 10),
-                    )
+        ready = [(pr, [pr.prepare(inputs) for inputs in sets]) for pr in providers if not pr.unavailable]
+        bar.update(len(modes) * (len(providers) - len(ready)))
+        for mode in modes:
+            timings, errors = {}, {}
+            for _ in range(rounds):
+                for provider, prepared in ready:
+                    if provider.name in errors:
+                        continue
+                    bar.set_description(f"{op} {case.name} {str(case.dtype)[6:]} {provider.name} {mode}")
+                    try:
+                        t = time_mode(
+                            prepared, mode, device,
+                            min_repeats=3 if quick else (4 if device.type == "cpu" else 20),
+                            max_repeats=5 if quick else (50 if device.type == "cpu" else 1000),
+                            budget_s=0.05 if quick else budget_s / rounds,
+                            warmup=1 if quick else (2 if device.type == "cpu" else 10),
+                        )
+                        timings[provider.name] = timings[provider.name].merged(t) if provider.name in timings else t
+                    except Exception as e:  # a provider failing is a result to record, not a crash
+                        errors[provider.name] = f"{type(e).__name__}: {e}"[:300]
+            for provider, _ in ready:
+                t = timings.get(provider.name)
+                row = dict(median_ms=None, error=errors.get(provider.name))
+                if t is not None and provider.name not in errors:
                     row = dict(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, repeats=t.repeats,
                                peak_mem_mb=t.peak_mem_mb, error=None)
-                except Exception as e:  # a provider failing is a result to record, not a crash
-                    row = dict(median_ms=None, error=f"{type(e).__name__}: {e}"[:300])
                 flops = case.flops.get(mode)
                 row.update(op=op, case=case.name, dtype=str(case.dtype).replace("torch.", ""), mode=mode,
                            provider=provider.name, flops=flops,
                            tflops=(flops / (row["median_ms"] * 1e-3) / 1e12) if flops and row["median_ms"] else None)
                 rows.append(row)
                 bar.update(1)
-            del prepared
-        del sets
+        del ready, sets
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
