@@ -66,6 +66,16 @@ class Timing:
         return len(self.samples_ms)
 
 
+def pick_cases(device: torch.device, quick: bool, gpu: dict, cpu: dict, tiny: dict, gpu_dtypes: list):
+    """The size table and dtypes an op's suite runs: tiny sizes in fp32 for --quick (checks the
+    harness), model sizes on the GPU in `gpu_dtypes`, smaller model sizes in fp32 on the CPU."""
+    if quick:
+        return tiny, [torch.float32]
+    if device.type == "cuda":
+        return gpu, list(gpu_dtypes)
+    return cpu, [torch.float32]
+
+
 def _quantile(xs, q):
     xs = sorted(xs)
     pos = q * (len(xs) - 1)

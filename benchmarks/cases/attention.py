@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import taskkernels
 from taskkernels import reference
 
-from ..harness import Case, Prepared, Provider
+from ..harness import Case, Prepared, Provider, pick_cases
 
 BASELINE = "sdpa"
 MODES = ("forward",)
@@ -46,12 +46,7 @@ def _inputs(B, H, Nq, Nk, D, causal, padded, dtype, device):
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
-    if quick:
-        table, dtypes = QUICK_CASES, [torch.float32]
-    elif device.type == "cuda":
-        table, dtypes = GPU_CASES, [torch.bfloat16, torch.float16]
-    else:
-        table, dtypes = CPU_CASES, [torch.float32]
+    table, dtypes = pick_cases(device, quick, GPU_CASES, CPU_CASES, QUICK_CASES, [torch.bfloat16, torch.float16])
     out = []
     for name, (B, H, Nq, Nk, D, causal, padded) in table.items():
         flops = 4.0 * B * H * Nq * Nk * D / (2 if causal else 1)

@@ -7,7 +7,7 @@ import torch
 import taskkernels
 from taskkernels import reference
 
-from ..harness import REFERENCE, Case, Prepared, Provider
+from ..harness import REFERENCE, Case, Prepared, Provider, pick_cases
 
 # name -> (batch, image, patch, hidden)
 GPU_CASES = {
@@ -39,12 +39,7 @@ def _inputs(batch, image, patch, hidden, dtype, device):
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
-    if quick:
-        table, dtypes = QUICK_CASES, [torch.float32]
-    elif device.type == "cuda":
-        table, dtypes = GPU_CASES, [torch.bfloat16, torch.float32]
-    else:
-        table, dtypes = CPU_CASES, [torch.float32]
+    table, dtypes = pick_cases(device, quick, GPU_CASES, CPU_CASES, QUICK_CASES, [torch.bfloat16, torch.float32])
     out = []
     for name, (b, img, p, d) in table.items():
         gemm = 2.0 * b * (img // p) ** 2 * d * 3 * p * p  # 2 M N K of the patch GEMM
