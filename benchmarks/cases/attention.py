@@ -1,5 +1,7 @@
-"""attention cases: the attention of each seed model at its usual size. Forward only until the
-backward op lands. Speed-ups are over F.scaled_dot_product_attention with its own backend choice."""
+"""attention cases: the attention of each seed model at its usual size, forward and backward
+(FLOPs: 4 B H Nq Nk D, halved when causal; backward 2.5x). Speed-ups are over
+F.scaled_dot_product_attention with its own backend choice. (No CUDA backward yet: those rows
+record the error.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from taskkernels import reference
 from ..harness import Case, Prepared, Provider, pick_cases
 
 BASELINE = "sdpa"
-MODES = ("forward",)
 
 # name -> (B, H, Nq, Nk, D, causal, padded)
 GPU_CASES = {
@@ -35,9 +36,9 @@ QUICK_CASES = {"tiny": (2, 2, 33, 40, 32, True, True)}
 
 
 def _inputs(B, H, Nq, Nk, D, causal, padded, dtype, device):
-    q = torch.randn(B, H, Nq, D, device=device, dtype=dtype)
-    k = torch.randn(B, H, Nk, D, device=device, dtype=dtype)
-    v = torch.randn(B, H, Nk, D, device=device, dtype=dtype)
+    q = torch.randn(B, H, Nq, D, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, H, Nk, D, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, H, Nk, D, device=device, dtype=dtype, requires_grad=True)
     kpm = None
     if padded:  # a padded batch: each sequence keeps between half and all of its tokens
         lengths = torch.randint(Nk // 2, Nk + 1, (B,), device=device)
@@ -53,13 +54,17 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         case_dtypes = dtypes + ([torch.float32] if device.type == "cuda" and name.startswith("BERT") else [])
         for dtype in case_dtypes:
             out.append(Case(name, dtype, lambda a=(B, H, Nq, Nk, D, causal, padded), dtype=dtype: _inputs(*a, dtype, device),
-                            {"forward": flops}))
+                            {"forward": flops, "backward": 2.5 * flops, "forward+backward": 3.5 * flops}))
     return out
 
 
 def _ours(inp):
     return Prepared(lambda: taskkernels.attention(inp["q"], inp["k"], inp["v"], causal=inp["causal"],
-                                                  key_padding_mask=inp["key_padding_mask"]), [])
+                                                  key_padding_mask=inp["key_padding_mask"]), _leaves(inp))
+
+
+def _leaves(inp):
+    return [inp["q"], inp["k"], inp["v"]]
 
 
 def _sdpa(backend=None):
@@ -82,14 +87,14 @@ def _sdpa(backend=None):
             with ctx:
                 return F.scaled_dot_product_attention(q, k, inp["v"], attn_mask=mask, is_causal=causal)
 
-        return Prepared(run, [])
+        return Prepared(run, _leaves(inp))
 
     return prepare
 
 
 def _eager(inp):
     return Prepared(lambda: reference.attention(inp["q"], inp["k"], inp["v"], causal=inp["causal"],
-                                                key_padding_mask=inp["key_padding_mask"]), [])
+                                                key_padding_mask=inp["key_padding_mask"]), _leaves(inp))
 
 
 def providers(device: torch.device) -> list[Provider]:

@@ -31,4 +31,16 @@ struct AttentionParams {
   void* lse;  // (B, H, Nq) contiguous, float32 (float64 for float64 inputs), natural log
 };
 
+// Gradients of the forward above, recomputing the probabilities from the saved lse (nothing
+// Nq x Nk is stored unless the bias gradient is asked for, which is that size by nature).
+struct AttentionBackwardParams {
+  AttentionParams fwd;   // the forward's inputs; fwd.out / fwd.lse hold the saved results
+  const void* grad_out;  // (B, H, Nq, D), any strides
+  int64_t grad_out_stride[4];
+  void* dq;     // (B, H, Nq, D) contiguous, dtype of q
+  void* dk;     // (B, H, Nk, D) contiguous
+  void* dv;     // (B, H, Nk, D) contiguous
+  void* dbias;  // nullable; (B, H, Nq, Nk) contiguous, float32 (float64 for float64 inputs)
+};
+
 }  // namespace taskkernels

@@ -8,16 +8,20 @@
 namespace taskkernels::cpu {
 
 using taskkernels::AttentionParams;
+using taskkernels::AttentionBackwardParams;
 using taskkernels::AttnDType;
 
 void attention_forward(const AttentionParams& p);
+void attention_backward(const AttentionBackwardParams& p);
 
 // One implementation (attention_impl.h) compiled twice: for any x86-64, and with AVX2 + FMA.
 namespace isa_generic {
 void attention_forward(const AttentionParams& p);
-}
+void attention_backward(const AttentionBackwardParams& p);
+}  // namespace isa_generic
 namespace isa_avx2 {
 void attention_forward(const AttentionParams& p);
-}
+void attention_backward(const AttentionBackwardParams& p);
+}  // namespace isa_avx2
 
 }  // namespace taskkernels::cpu

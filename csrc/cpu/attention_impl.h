@@ -1,6 +1,6 @@
-// The CPU attention forward, written once and compiled once per instruction set: the including
-// file defines TK_ATTN_NS (a namespace of its own, so the two copies never merge at link time)
-// and TK_ATTN_ENTRY (the function name).
+// The CPU attention forward and backward, written once and compiled once per instruction set:
+// the including file defines TK_ATTN_NS (a namespace of its own, so the two copies never merge at
+// link time).
 //
 // Work item: (b, h, block of BQ queries). Keys stream through in blocks of BK: S = Q K^T in a
 // register-blocked micro-kernel, masks and bias applied, online softmax in base 2 (scores are
@@ -70,17 +70,17 @@ inline float exp2_neg(float x) {
 inline double exp2_neg(double x) { return std::exp2(x); }
 
 // S[i][j] = sum_d Q[i][d] * KT[d][j], rows [0, rows), columns [0, cols) (multiples of RB, CB);
-// KT's rows are ldk apart.
+// Q's rows are ldq apart, KT's ldk; S's BK.
 template <class A>
 void qk_block(const A* __restrict Q, const A* __restrict KT, A* __restrict S, int64_t rows,
-              int64_t cols, int64_t D, int64_t ldk) {
+              int64_t cols, int64_t D, int64_t ldk, int64_t ldq) {
   for (int64_t i0 = 0; i0 < rows; i0 += RB) {
     for (int64_t j0 = 0; j0 < cols; j0 += CB) {
       A acc[RB][CB] = {};
       for (int64_t d = 0; d < D; ++d) {
         const A* kt = KT + d * ldk + j0;
         for (int64_t r = 0; r < RB; ++r) {
-          const A a = Q[(i0 + r) * D + d];
+          const A a = Q[(i0 + r) * ldq + d];
           for (int64_t c = 0; c < CB; ++c) acc[r][c] += a * kt[c];
         }
       }
@@ -116,22 +116,22 @@ void pv_block(const A* __restrict P, const A* __restrict V, A* __restrict O, int
 // float micro-kernels with explicit AVX2 + FMA: 4 x 16 accumulators in eight registers.
 template <>
 void qk_block<float>(const float* __restrict Q, const float* __restrict KT, float* __restrict S,
-                     int64_t rows, int64_t cols, int64_t D, int64_t ldk) {
+                     int64_t rows, int64_t cols, int64_t D, int64_t ldk, int64_t ldq) {
   for (int64_t i0 = 0; i0 < rows; i0 += RB) {
     for (int64_t j0 = 0; j0 < cols; j0 += CB) {
       __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
              a30 = a00, a31 = a00;
-      const float* q = Q + i0 * D;
+      const float* q = Q + i0 * ldq;
       for (int64_t d = 0; d < D; ++d) {
         const __m256 k0 = _mm256_loadu_ps(KT + d * ldk + j0);
         const __m256 k1 = _mm256_loadu_ps(KT + d * ldk + j0 + 8);
         __m256 x = _mm256_broadcast_ss(q + d);
         a00 = _mm256_fmadd_ps(x, k0, a00), a01 = _mm256_fmadd_ps(x, k1, a01);
-        x = _mm256_broadcast_ss(q + D + d);
+        x = _mm256_broadcast_ss(q + ldq + d);
         a10 = _mm256_fmadd_ps(x, k0, a10), a11 = _mm256_fmadd_ps(x, k1, a11);
-        x = _mm256_broadcast_ss(q + 2 * D + d);
+        x = _mm256_broadcast_ss(q + 2 * ldq + d);
         a20 = _mm256_fmadd_ps(x, k0, a20), a21 = _mm256_fmadd_ps(x, k1, a21);
-        x = _mm256_broadcast_ss(q + 3 * D + d);
+        x = _mm256_broadcast_ss(q + 3 * ldq + d);
         a30 = _mm256_fmadd_ps(x, k0, a30), a31 = _mm256_fmadd_ps(x, k1, a31);
       }
       float* o = S + i0 * BK + j0;
@@ -248,6 +248,20 @@ inline float exp_and_sum<float>(const float* s, float* p, int64_t n, float mx) {
 }
 #endif
 
+// p[c] = 2^min(s[c], 0) for n (a multiple of 8) values: recomputed probabilities, which round-off
+// can push a hair above 1 (s slightly > 0).
+template <class A>
+inline void exp_row(const A* s, A* p, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) p[c] = exp2_neg(s[c] < A(0) ? s[c] : A(0));
+}
+#if defined(__AVX2__) && defined(__FMA__)
+template <>
+inline void exp_row<float>(const float* s, float* p, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t c = 0; c < n; c += 8) _mm256_storeu_ps(p + c, exp2_neg8(_mm256_min_ps(_mm256_loadu_ps(s + c), zero)));
+}
+#endif
+
 template <class T, class A>
 void run(const AttentionParams& p) {
   constexpr A kLog2e = A(1.4426950408889634);
@@ -328,7 +342,7 @@ void run(const AttentionParams& p) {
         for (int64_t k0 = 0; k0 < kend; k0 += BK) {
           if (!block_live[k0 / BK]) continue;  // every key of this block is padding
           const int64_t nk = std::min(BK, kend - k0), cols = round_up(nk, CB);
-          qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK);
+          qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK, D);
 
           // Masks are needed only where this block can hide something.
           const bool causal_cut = p.causal && k0 + nk - 1 > q0 + shift;
@@ -385,14 +399,154 @@ void run(const AttentionParams& p) {
   });
 }
 
+
+// Backward for one (b, h) per work item: key blocks outer (dK, dV accumulate in registers-sized
+// buffers and are written once), query blocks inner (dQ accumulates over key blocks in a per-item
+// buffer). P is recomputed from lse; dS = P * (dP - rowsum(dO * O)).
+template <class T, class A>
+void run_backward(const AttentionBackwardParams& bp) {
+  const AttentionParams& p = bp.fwd;
+  constexpr A kLog2e = A(1.4426950408889634);
+  constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+  const int64_t B = p.B, H = p.H, Nq = p.Nq, Nk = p.Nk, D = p.D;
+  const int64_t Dp = round_up(D, CB), Nqp = round_up(Nq, BQ), shift = Nk - Nq;
+  const A scale = static_cast<A>(p.scale), sl = scale * kLog2e;
+  const T* qp = static_cast<const T*>(p.q);
+  const T* kp = static_cast<const T*>(p.k);
+  const T* vp = static_cast<const T*>(p.v);
+  const T* op = static_cast<const T*>(p.out);
+  const A* lsep = static_cast<const A*>(p.lse);
+  const T* gp = static_cast<const T*>(bp.grad_out);
+
+  torch::stable::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    // Per item: Q, dO as [Nqp][Dp] rows; lse and Delta per row; dQ accumulator.
+    Buffer<A> Q(Nqp * Dp), dO(Nqp * Dp), lse2(Nqp), delta(Nqp), dQ(Nqp * Dp);
+    // Per key block: K^T, V^T as [D][BK]; K as [BK][Dp]; dK, dV accumulators.
+    Buffer<A> KT(D * BK), VT(D * BK), Kb(BK * Dp), dK(BK * Dp), dV(BK * Dp);
+    Buffer<A> S(BQ * BK), P(BQ * BK), Pn(BQ * BK), PT(BK * BQ), dP(BQ * BK), dST(BK * BQ);
+    Buffer<A> pad_add(p.key_padding ? Nk : 1);  // key padding as an additive row (0 / -inf)
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / H, h = item % H;
+      const T* qb = qp + b * p.q_stride[0] + h * p.q_stride[1];
+      const T* kb = kp + b * p.k_stride[0] + h * p.k_stride[1];
+      const T* vb = vp + b * p.v_stride[0] + h * p.v_stride[1];
+      const T* gb = gp + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
+      const T* ob = op + (b * H + h) * Nq * D;
+      const A* lb = lsep + (b * H + h) * Nq;
+      for (int64_t i = 0; i < Nqp; ++i) {
+        A dsum = 0;
+        for (int64_t d = 0; d < Dp; ++d) {
+          const bool in = i < Nq && d < D;
+          Q[i * Dp + d] = in ? static_cast<A>(qb[i * p.q_stride[2] + d * p.q_stride[3]]) : A(0);
+          dO[i * Dp + d] = in ? static_cast<A>(gb[i * bp.grad_out_stride[2] + d * bp.grad_out_stride[3]]) : A(0);
+          if (in) dsum += dO[i * Dp + d] * static_cast<A>(ob[i * D + d]);
+          dQ[i * Dp + d] = A(0);
+        }
+        delta[i] = dsum;
+        lse2[i] = i < Nq ? lb[i] * kLog2e : kNegInf;  // base 2, like the scores below
+      }
+      const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
+      if (kpm)
+        for (int64_t j = 0; j < Nk; ++j) pad_add[j] = kpm[j * p.kp_stride[1]] ? kNegInf : A(0);
+
+      for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
+        const int64_t nk = std::min(BK, Nk - k0), cols = round_up(nk, CB), krows = round_up(nk, RB);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t c = 0; c < BK; ++c) {
+            const bool in = c < nk;
+            KT[d * BK + c] = in ? static_cast<A>(kb[(k0 + c) * p.k_stride[2] + d * p.k_stride[3]]) : A(0);
+            VT[d * BK + c] = in ? static_cast<A>(vb[(k0 + c) * p.v_stride[2] + d * p.v_stride[3]]) : A(0);
+          }
+        for (int64_t c = 0; c < BK; ++c)
+          for (int64_t d = 0; d < Dp; ++d) {
+            Kb[c * Dp + d] = c < nk && d < D ? KT[d * BK + c] : A(0);
+            dK[c * Dp + d] = A(0);
+            dV[c * Dp + d] = A(0);
+          }
+        // Query rows that can see a key of this block (causal: i + shift >= k0).
+        const int64_t q_first = p.causal ? std::max<int64_t>(0, k0 - shift) : 0;
+        for (int64_t q0 = q_first / BQ * BQ; q0 < Nq; q0 += BQ) {
+          const int64_t nr = std::min(BQ, Nq - q0), rows = round_up(nr, RB);
+          qk_block(Q.data() + q0 * Dp, KT.data(), S.data(), rows, cols, D, BK, Dp);
+          qk_block(dO.data() + q0 * Dp, VT.data(), dP.data(), rows, cols, D, BK, Dp);
+          for (int64_t r = 0; r < BQ; ++r) {
+            const int64_t i = q0 + r;
+            A* sr = S.data() + r * BK;
+            A* pn = Pn.data() + r * BK;
+            A* ds = P.data() + r * BK;  // dS, row-major: the A operand of dQ += dS K
+            if (r >= nr || lse2[i] == kNegInf) {  // padding row, or a row that saw nothing
+              fill(pn, BK, A(0));
+              fill(ds, BK, A(0));
+              continue;
+            }
+            const A li = lse2[i];
+            for (int64_t c = 0; c < BK; ++c) sr[c] = sr[c] * sl - li;
+            if (p.bias) {
+              const int64_t base = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2];
+              const int64_t bs = p.bias_stride[3];
+              if (p.bias_is_float32) {
+                const float* bq = static_cast<const float*>(p.bias) + base + k0 * bs;
+                for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
+              } else {
+                const T* bq = static_cast<const T*>(p.bias) + base + k0 * bs;
+                for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
+              }
+            }
+            if (kpm) {
+              const A* pa = pad_add.data() + k0;
+              for (int64_t c = 0; c < nk; ++c) sr[c] += pa[c];
+            }
+            const int64_t visible = p.causal ? std::min(nk, std::max<int64_t>(0, i + shift + 1 - k0)) : nk;
+            for (int64_t c = visible; c < BK; ++c) sr[c] = kNegInf;
+            exp_row(sr, pn, BK);
+            const A di = delta[i];
+            const A* dpr = dP.data() + r * BK;
+            for (int64_t c = 0; c < BK; ++c) ds[c] = pn[c] * (dpr[c] - di);
+            if (bp.dbias) {
+              A* db = static_cast<A*>(bp.dbias) + (((b * H + h) * Nq) + i) * Nk + k0;
+              for (int64_t c = 0; c < nk; ++c) db[c] = ds[c];
+            }
+          }
+          for (int64_t c = 0; c < BK; ++c)
+            for (int64_t r = 0; r < BQ; ++r) {
+              PT[c * BQ + r] = Pn[r * BK + c];
+              dST[c * BQ + r] = P[r * BK + c];
+            }
+          pv_block(PT.data(), dO.data() + q0 * Dp, dV.data(), krows, nr, Dp);   // dV += P^T dO
+          pv_block(dST.data(), Q.data() + q0 * Dp, dK.data(), krows, nr, Dp);   // dK += dS^T Q
+          pv_block(P.data(), Kb.data(), dQ.data() + q0 * Dp, rows, nk, Dp);     // dQ += dS K
+        }
+        T* dkb = static_cast<T*>(bp.dk) + ((b * H + h) * Nk + k0) * D;
+        T* dvb = static_cast<T*>(bp.dv) + ((b * H + h) * Nk + k0) * D;
+        for (int64_t c = 0; c < nk; ++c)
+          for (int64_t d = 0; d < D; ++d) {
+            dkb[c * D + d] = static_cast<T>(dK[c * Dp + d] * scale);
+            dvb[c * D + d] = static_cast<T>(dV[c * Dp + d]);
+          }
+      }
+      T* dqb = static_cast<T*>(bp.dq) + (b * H + h) * Nq * D;
+      for (int64_t i = 0; i < Nq; ++i)
+        for (int64_t d = 0; d < D; ++d) dqb[i * D + d] = static_cast<T>(dQ[i * Dp + d] * scale);
+    }
+  });
+}
 }  // namespace
 
-void TK_ATTN_ENTRY(const AttentionParams& p) {
+void attention_forward(const AttentionParams& p) {
   switch (p.dtype) {
     case AttnDType::kHalf: return run<c10::Half, float>(p);
     case AttnDType::kBFloat16: return run<c10::BFloat16, float>(p);
     case AttnDType::kFloat: return run<float, float>(p);
     case AttnDType::kDouble: return run<double, double>(p);
+  }
+}
+
+void attention_backward(const AttentionBackwardParams& p) {
+  switch (p.fwd.dtype) {
+    case AttnDType::kHalf: return run_backward<c10::Half, float>(p);
+    case AttnDType::kBFloat16: return run_backward<c10::BFloat16, float>(p);
+    case AttnDType::kFloat: return run_backward<float, float>(p);
+    case AttnDType::kDouble: return run_backward<double, double>(p);
   }
 }
 

@@ -1,6 +1,7 @@
-// attention: schema, argument checks, CPU and CUDA registrations.
+// attention and attention_backward: schemas, argument checks, CPU and CUDA registrations.
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include <torch/csrc/stable/accelerator.h>
 
@@ -82,21 +83,11 @@ ScalarType lse_dtype(ScalarType t) {
   return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-// Checks the arguments, allocates out and lse, and fills the torch-free parameters.
-struct Prepared {
-  Tensor out, lse;
-  AttentionParams p;
-  bool empty;
-};
-
-Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                 const std::optional<Tensor>& key_padding_mask,
-                 const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
-  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
-  Prepared r{ts::new_empty(q, {d.B, d.H, d.Nq, d.D}),
-             ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type())), AttentionParams{},
-             d.B * d.H * d.Nq == 0};
-  AttentionParams& p = r.p;
+// The torch-free parameters of checked arguments (out and lse left for the caller).
+AttentionParams make_params(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v,
+                            bool causal, const std::optional<Tensor>& key_padding_mask,
+                            const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+  AttentionParams p{};
   p.dtype = attn_dtype(q.scalar_type());
   p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D;
   p.q = q.const_data_ptr(), p.k = k.const_data_ptr(), p.v = v.const_data_ptr();
@@ -118,8 +109,26 @@ Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   }
   p.causal = causal;
   p.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.D));
-  p.out = r.out.mutable_data_ptr();
-  p.lse = r.lse.mutable_data_ptr();
+  return p;
+}
+
+// Checks the arguments, allocates out and lse, and fills the parameters.
+struct Prepared {
+  Tensor out, lse;
+  AttentionParams p;
+  bool empty;
+};
+
+Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                 const std::optional<Tensor>& key_padding_mask,
+                 const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
+  Prepared r{ts::new_empty(q, {d.B, d.H, d.Nq, d.D}),
+             ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type())),
+             make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale),
+             d.B * d.H * d.Nq == 0};
+  r.p.out = r.out.mutable_data_ptr();
+  r.p.lse = r.lse.mutable_data_ptr();
   return r;
 }
 
@@ -130,6 +139,44 @@ std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool caus
   Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale);
   if (!r.empty) cpu::attention_forward(r.p);
   return {r.out, r.lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cpu(
+    Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal,
+    std::optional<Tensor> key_padding_mask, std::optional<Tensor> attn_bias,
+    std::optional<double> scale, bool need_bias_grad) {
+  const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_out, "grad_out"},
+                                std::pair<const Tensor&, const char*>{out, "out"}}) {
+    TK_CHECK(t.dim() == 4 && t.size(0) == d.B && t.size(1) == d.H && t.size(2) == d.Nq && t.size(3) == d.D,
+             kOp, name, " must have shape (B, H, Nq, D) = (", d.B, ", ", d.H, ", ", d.Nq, ", ", d.D,
+             "), got ", shape_str(t));
+    check_same(kOp, t, name, q, "q");
+  }
+  TK_CHECK(lse.dim() == 3 && lse.size(0) == d.B && lse.size(1) == d.H && lse.size(2) == d.Nq &&
+               lse.scalar_type() == lse_dtype(q.scalar_type()),
+           kOp, "lse must be the forward's (B, H, Nq) = (", d.B, ", ", d.H, ", ", d.Nq, ") ",
+           dtype_name(lse_dtype(q.scalar_type())), " log-sum-exp, got ", shape_str(lse), " ",
+           dtype_name(lse.scalar_type()));
+  need_bias_grad = need_bias_grad && attn_bias.has_value();
+  Tensor dq = ts::new_empty(q, {d.B, d.H, d.Nq, d.D});
+  Tensor dk = ts::new_empty(q, {d.B, d.H, d.Nk, d.D});
+  Tensor dv = ts::new_empty(q, {d.B, d.H, d.Nk, d.D});
+  Tensor dbias = need_bias_grad
+                     ? ts::new_zeros(q, {d.B, d.H, d.Nq, d.Nk}, lse_dtype(q.scalar_type()))
+                     : ts::new_empty(q, {0}, lse_dtype(q.scalar_type()));
+  if (d.B * d.H == 0) return {dq, dk, dv, dbias};
+  const Tensor out_c = ts::contiguous(out), lse_c = ts::contiguous(lse);
+  AttentionBackwardParams bp{};
+  bp.fwd = make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale);
+  bp.fwd.out = const_cast<void*>(out_c.const_data_ptr());
+  bp.fwd.lse = const_cast<void*>(lse_c.const_data_ptr());
+  bp.grad_out = grad_out.const_data_ptr();
+  for (int i = 0; i < 4; ++i) bp.grad_out_stride[i] = grad_out.stride(i);
+  bp.dq = dq.mutable_data_ptr(), bp.dk = dk.mutable_data_ptr(), bp.dv = dv.mutable_data_ptr();
+  bp.dbias = need_bias_grad ? dbias.mutable_data_ptr() : nullptr;
+  cpu::attention_backward(bp);
+  return {dq, dk, dv, dbias};
 }
 
 #ifdef TASKKERNELS_WITH_CUDA
@@ -156,10 +203,15 @@ STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, bool causal=False, Tensor? key_padding_mask=None, "
       "Tensor? attn_bias=None, float? scale=None) -> (Tensor, Tensor)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "bool causal, Tensor? key_padding_mask, Tensor? attn_bias, float? scale, bool need_bias_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {
   m.impl("attention", TORCH_BOX(&taskkernels::attention_cpu));
+  m.impl("attention_backward", TORCH_BOX(&taskkernels::attention_backward_cpu));
 }
 
 #ifdef TASKKERNELS_WITH_CUDA

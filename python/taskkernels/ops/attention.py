@@ -22,13 +22,6 @@ def attention_with_lse(
 ) -> tuple[Tensor, Tensor]:
     """:func:`attention` that also returns the per-row log-sum-exp of the masked, scaled scores:
     lse (B, H, Nq), float32 (float64 for float64 inputs), -inf for rows with no visible key."""
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, attn_bias)
-    ):
-        raise NotImplementedError(
-            "taskkernels.attention: gradients are not implemented yet (the backward op is the next "
-            "issue); call it under torch.no_grad() / inference_mode, or on tensors that do not require grad"
-        )
     return torch.ops.taskkernels.attention(q, k, v, causal, key_padding_mask, attn_bias, scale)
 
 
@@ -61,7 +54,9 @@ def attention(
         (B, H, Nq, D), contiguous, dtype of q. A row whose keys are all masked is all zeros
         (never NaN).
 
-    Accumulation is in fp32 for fp16/bf16/fp32 (fp64 for fp64).
+    Accumulation is in fp32 for fp16/bf16/fp32 (fp64 for fp64). Gradients flow to q, k, v and
+    attn_bias (first order); the backward recomputes the probabilities from the saved
+    log-sum-exp and stores nothing Nq x Nk unless attn_bias needs its gradient.
     """
     return attention_with_lse(
         q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, scale=scale
@@ -104,3 +99,39 @@ def _attention_fake(q, k, v, causal=False, key_padding_mask=None, attn_bias=None
     B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return q.new_empty((B, H, Nq, D)), q.new_empty((B, H, Nq), dtype=lse_dtype)
+
+
+@torch.library.register_fake("taskkernels::attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad):
+    B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
+    Nk = k.shape[2]
+    torch._check(tuple(grad_out.shape) == (B, H, Nq, D),
+                 lambda: f"taskkernels.attention: grad_out must have shape ({B}, {H}, {Nq}, {D}), got {tuple(grad_out.shape)}")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dbias_shape = (B, H, Nq, Nk) if need_bias_grad and attn_bias is not None else (0,)
+    return (q.new_empty((B, H, Nq, D)), q.new_empty((B, H, Nk, D)), q.new_empty((B, H, Nk, D)),
+            q.new_empty(dbias_shape, dtype=acc))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, key_padding_mask, attn_bias, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, attn_bias)
+    ctx.causal, ctx.scale = causal, scale
+    ctx.bias_needs_grad = attn_bias is not None and attn_bias.requires_grad
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, key_padding_mask, attn_bias = ctx.saved_tensors
+    # lse is an output for later kernels' use; its gradient is not supported (never needed by
+    # attention() itself, which discards it).
+    dq, dk, dv, dbias = torch.ops.taskkernels.attention_backward(
+        grad_out, q, k, v, out, lse, ctx.causal, key_padding_mask, attn_bias, ctx.scale, ctx.bias_needs_grad
+    )
+    grad_bias = None
+    if ctx.bias_needs_grad:  # sum over the dimensions the bias was broadcast along
+        grad_bias = dbias.sum_to_size(attn_bias.shape).to(attn_bias.dtype)
+    return dq, dk, dv, None, None, grad_bias, None
+
+
+torch.library.register_autograd("taskkernels::attention", _backward, setup_context=_setup_context)
