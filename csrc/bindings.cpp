@@ -1,8 +1,12 @@
 // The pybind11 module taskkernels._C. Importing it runs the op registrations of csrc/ops/*.cpp
-// (static initializers); the functions here describe the build.
+// (static initializers); the functions here describe the build and serve numpy callers.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
+
+#include "cpu/linear_sum_assignment.h"
 
 namespace py = pybind11;
 
@@ -40,6 +44,39 @@ py::dict build_info() {
   return d;
 }
 
+// scipy.optimize.linear_sum_assignment's contract on a float64 matrix: (row_ind, col_ind), rows
+// ascending; ValueError for invalid entries or an infeasible matrix.
+py::tuple linear_sum_assignment(py::array_t<double, py::array::forcecast> cost, bool maximize) {
+  if (cost.ndim() != 2) {
+    throw py::value_error("expected a matrix (2-D array), got a " + std::to_string(cost.ndim()) +
+                          "-D array");
+  }
+  const int64_t rows = cost.shape(0), cols = cost.shape(1);
+  const int64_t rs = cost.strides(0) / int64_t(sizeof(double));
+  const int64_t cs = cost.strides(1) / int64_t(sizeof(double));
+  std::vector<int64_t> col_for_row(rows);
+  taskkernels::cpu::LsaStatus status;
+  {
+    py::gil_scoped_release release;
+    status = taskkernels::cpu::linear_sum_assignment(cost.data(), rows, cols, rs, cs, maximize,
+                                                     col_for_row.data());
+  }
+  if (status == taskkernels::cpu::LsaStatus::kInvalid) {
+    throw py::value_error("matrix contains invalid numeric entries");
+  }
+  if (status == taskkernels::cpu::LsaStatus::kInfeasible) {
+    throw py::value_error("cost matrix is infeasible");
+  }
+  std::vector<int64_t> r, c;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (col_for_row[i] >= 0) {
+      r.push_back(i);
+      c.push_back(col_for_row[i]);
+    }
+  }
+  return py::make_tuple(py::array_t<int64_t>(r.size(), r.data()), py::array_t<int64_t>(c.size(), c.data()));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -47,4 +84,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info,
         "What this build contains: torch version built against, CUDA version, GPU architectures, "
         "whether CUDA kernels are compiled in.");
+  m.def("linear_sum_assignment", &linear_sum_assignment, py::arg("cost"), py::arg("maximize") = false,
+        "Exact linear sum assignment on a float64 matrix: scipy.optimize.linear_sum_assignment's "
+        "contract. Use taskkernels.linear_sum_assignment.");
 }

@@ -9,6 +9,7 @@ import torch  # noqa: F401  (loads libtorch before the extension registers its o
 
 from . import _C
 from .ops.attention import attention, attention_with_lse
+from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment
 from .ops.patch_embed import patch_embed
 
 __version__ = "0.1.0"
@@ -20,4 +21,12 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["attention", "attention_with_lse", "build_info", "patch_embed", "__version__"]
+__all__ = [
+    "attention",
+    "attention_with_lse",
+    "batched_linear_sum_assignment",
+    "build_info",
+    "linear_sum_assignment",
+    "patch_embed",
+    "__version__",
+]

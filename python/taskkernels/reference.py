@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "patch_embed"]
+__all__ = ["attention", "batched_linear_sum_assignment", "patch_embed"]
 
 
 def patch_embed(
@@ -60,3 +60,18 @@ def attention(
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with nothing visible: NaN -> 0
     out = p @ v
     return (out, lse) if return_lse else out
+
+
+def batched_linear_sum_assignment(cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False) -> Tensor:
+    """Reference of :func:`taskkernels.batched_linear_sum_assignment`: scipy per problem (what
+    DETR's matcher does after copying its cost matrix to the CPU)."""
+    from scipy.optimize import linear_sum_assignment
+
+    B, N, M = cost.shape
+    out = torch.full((B, N), -1, dtype=torch.int64)
+    c = cost.detach().to("cpu", torch.float64).numpy()
+    for b in range(B):
+        m = M if num_targets is None else int(num_targets[b])
+        rows, cols = linear_sum_assignment(c[b, :, :m], maximize=maximize)
+        out[b, torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.int64)
+    return out.to(cost.device)

@@ -1,0 +1,153 @@
+"""taskkernels.linear_sum_assignment (scipy drop-in) and batched_linear_sum_assignment against
+scipy.optimize.linear_sum_assignment."""
+
+import numpy as np
+import pytest
+import torch
+
+import taskkernels
+from taskkernels import reference
+
+scipy_opt = pytest.importorskip("scipy.optimize", reason="scipy is the reference")
+hypothesis = pytest.importorskip("hypothesis", reason="property tests need hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+def assert_optimal(cost, maximize=False):
+    rows, cols = taskkernels.linear_sum_assignment(cost, maximize=maximize)
+    ref_rows, ref_cols = scipy_opt.linear_sum_assignment(cost, maximize=maximize)
+    assert rows.dtype == np.int64 and cols.dtype == np.int64
+    assert len(rows) == len(ref_rows) == min(cost.shape)
+    assert np.all(np.diff(rows) > 0), "row_ind must be strictly ascending"
+    assert len(set(cols.tolist())) == len(cols), "a column is used twice"
+    total, ref_total = cost[rows, cols].sum(), cost[ref_rows, ref_cols].sum()
+    assert abs(total - ref_total) <= 1e-9 * max(1.0, abs(ref_total)), (total, ref_total)
+    return rows, cols
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 4), (3, 9), (9, 3), (100, 1), (100, 50), (50, 100), (300, 300)], ids=str)
+@pytest.mark.parametrize("maximize", [False, True])
+def test_random_matches_scipy_and_indices_when_unique(shape, maximize):
+    cost = np.random.default_rng().normal(size=shape)  # continuous: the optimum is unique
+    rows, cols = assert_optimal(cost, maximize)
+    ref_rows, ref_cols = scipy_opt.linear_sum_assignment(cost, maximize=maximize)
+    assert np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols)
+
+
+def test_large():
+    assert_optimal(np.random.default_rng().random((1000, 1000)))
+
+
+@pytest.mark.parametrize("shape", [(30, 30), (20, 45), (45, 20)], ids=str)
+def test_integer_costs_with_many_ties(shape):
+    assert_optimal(np.random.default_rng().integers(0, 4, size=shape).astype(np.float64))
+    assert_optimal(np.random.default_rng().integers(0, 4, size=shape))  # integer dtype accepted
+
+
+def test_all_equal_and_empty():
+    assert_optimal(np.full((7, 5), 3.0))
+    for shape in [(0, 0), (0, 5), (5, 0)]:
+        rows, cols = taskkernels.linear_sum_assignment(np.zeros(shape))
+        assert len(rows) == len(cols) == 0
+
+
+def test_forbidden_entries():
+    rng = np.random.default_rng()
+    cost = rng.random((20, 30))
+    cost[rng.random(cost.shape) < 0.5] = np.inf
+    try:
+        scipy_opt.linear_sum_assignment(cost)
+    except ValueError:
+        with pytest.raises(ValueError, match="infeasible"):
+            taskkernels.linear_sum_assignment(cost)
+    else:
+        rows, cols = assert_optimal(cost)
+        assert np.isfinite(cost[rows, cols]).all()
+    maxi = np.where(np.isinf(cost), -np.inf, cost)
+    try:
+        scipy_opt.linear_sum_assignment(maxi, maximize=True)
+    except ValueError:
+        pytest.skip("random instance infeasible for maximize")
+    assert_optimal(maxi, maximize=True)
+
+
+def test_infeasible_and_invalid_are_refused():
+    with pytest.raises(ValueError, match="infeasible"):
+        taskkernels.linear_sum_assignment(np.array([[1.0, np.inf], [2.0, np.inf]]))
+    with pytest.raises(ValueError, match="invalid numeric entries"):
+        taskkernels.linear_sum_assignment(np.array([[1.0, np.nan], [2.0, 3.0]]))
+    with pytest.raises(ValueError, match="invalid numeric entries"):
+        taskkernels.linear_sum_assignment(np.array([[1.0, -np.inf], [2.0, 3.0]]))
+    with pytest.raises(ValueError, match="2-D"):
+        taskkernels.linear_sum_assignment(np.zeros(5))
+    with pytest.raises(ValueError, match="numerical entries"):
+        taskkernels.linear_sum_assignment(np.array([["a", "b"]]))
+
+
+def test_accepts_non_contiguous_lists_and_tensors():
+    cost = np.random.default_rng().random((40, 30))
+    expected = scipy_opt.linear_sum_assignment(cost.T)
+    for view in (cost.T, np.asfortranarray(cost).T, cost.T.tolist(), torch.from_numpy(cost).T):
+        rows, cols = taskkernels.linear_sum_assignment(view)
+        assert np.array_equal(rows, expected[0]) and np.array_equal(cols, expected[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
+               elements=st.one_of(st.integers(-5, 5).map(float), st.floats(-1e3, 1e3, allow_nan=False))),
+    st.booleans(),
+)
+def test_property_total_cost_equals_scipy(cost, maximize):
+    assert_optimal(cost, maximize)
+
+
+# ---- batched op ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_batched_matches_reference(dtype):
+    B, N, M = 16, 100, 50
+    cost = torch.randn(B, N, M, dtype=dtype)
+    num_targets = torch.randint(0, M + 1, (B,))
+    num_targets[0], num_targets[1] = 0, 1
+    ours = taskkernels.batched_linear_sum_assignment(cost, num_targets)
+    assert ours.shape == (B, N) and ours.dtype == torch.int64
+    ref = reference.batched_linear_sum_assignment(cost, num_targets)
+    assert torch.equal(ours, ref)  # continuous costs: unique optimum
+    for b in range(B):
+        assigned = ours[b][ours[b] >= 0]
+        assert len(assigned) == min(N, int(num_targets[b])) and len(set(assigned.tolist())) == len(assigned)
+        assert all(int(c) < int(num_targets[b]) for c in assigned)
+
+
+def test_batched_more_targets_than_queries_and_maximize():
+    cost = torch.randn(4, 10, 30, dtype=torch.float64)
+    for maximize in (False, True):
+        ours = taskkernels.batched_linear_sum_assignment(cost, maximize=maximize)
+        assert torch.equal(ours, reference.batched_linear_sum_assignment(cost, maximize=maximize))
+        assert (ours >= 0).all()
+
+
+def test_batched_errors_name_the_argument():
+    with pytest.raises(RuntimeError, match=r"cost must be 3-D \(B, N, M\)"):
+        taskkernels.batched_linear_sum_assignment(torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match=r"num_targets\[1\] must be in \[0, M = 4\], got 5"):
+        taskkernels.batched_linear_sum_assignment(torch.randn(2, 3, 4), torch.tensor([1, 5]))
+    with pytest.raises(RuntimeError, match=r"num_targets must have shape \(B,\) = \(2,\)"):
+        taskkernels.batched_linear_sum_assignment(torch.randn(2, 3, 4), torch.tensor([1, 2, 3]))
+    bad = torch.randn(3, 4, 4)
+    bad[2, 1, 1] = float("nan")
+    with pytest.raises(RuntimeError, match=r"cost\[2\] contains invalid entries"):
+        taskkernels.batched_linear_sum_assignment(bad)
+    inf = torch.randn(2, 2, 2)
+    inf[1, :, 0] = float("inf")
+    with pytest.raises(RuntimeError, match=r"cost\[1\] is infeasible"):
+        taskkernels.batched_linear_sum_assignment(inf)
+
+
+def test_batched_opcheck_and_compile():
+    cost = torch.randn(3, 7, 5)
+    num_targets = torch.tensor([5, 0, 3])
+    torch.library.opcheck(torch.ops.taskkernels.batched_linear_sum_assignment.default, (cost, num_targets, False))
+    compiled = torch.compile(lambda c, n: taskkernels.batched_linear_sum_assignment(c * 2, n), fullgraph=True)
+    assert torch.equal(compiled(cost, num_targets), taskkernels.batched_linear_sum_assignment(cost * 2, num_targets))
