@@ -151,3 +151,41 @@ def test_batched_opcheck_and_compile():
     torch.library.opcheck(torch.ops.taskkernels.batched_linear_sum_assignment.default, (cost, num_targets, False))
     compiled = torch.compile(lambda c, n: taskkernels.batched_linear_sum_assignment(c * 2, n), fullgraph=True)
     assert torch.equal(compiled(cost, num_targets), taskkernels.batched_linear_sum_assignment(cost * 2, num_targets))
+
+
+# ---- DETR's matcher --------------------------------------------------------------------------
+def _detr_batch(B, N, C, counts):
+    logits = torch.randn(B, N, C + 1)
+    boxes = torch.cat([torch.rand(B, N, 2) * 0.8 + 0.1, torch.rand(B, N, 2) * 0.3 + 0.05], -1)
+    targets = [dict(class_labels=torch.randint(0, C, (m,)),
+                    boxes=torch.cat([torch.rand(m, 2) * 0.8 + 0.1, torch.rand(m, 2) * 0.3 + 0.05], -1)) for m in counts]
+    return logits, boxes, targets
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 7, 1], [50] * 4, [1], [12, 30]], ids=str)
+def test_hungarian_match_equals_hf(counts):
+    transformers = pytest.importorskip("transformers", reason="HF's matcher is the reference")
+    from transformers.loss.loss_for_object_detection import HungarianMatcher
+
+    logits, boxes, targets = _detr_batch(len(counts), 100, 91, counts)
+    hf = HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)(dict(logits=logits, pred_boxes=boxes), targets)
+    ours = taskkernels.hungarian_match(logits, boxes, targets, cost_class=1, cost_bbox=5, cost_giou=2)
+    assert len(ours) == len(hf)
+    for (i, j), (hi, hj) in zip(ours, hf):
+        assert i.dtype == torch.int64 and j.dtype == torch.int64
+        assert torch.equal(i, hi) and torch.equal(j, hj)
+
+
+def test_hungarian_cost_matches_hf_terms():
+    pytest.importorskip("transformers", reason="HF's box ops are the reference")
+    from transformers.loss.loss_for_object_detection import center_to_corners_format, generalized_box_iou
+
+    logits, boxes, targets = _detr_batch(2, 20, 5, [4, 6])
+    cost, counts = taskkernels.hungarian_cost(logits, boxes, targets, 1, 5, 2)
+    assert cost.shape == (2, 20, 6) and counts.tolist() == [4, 6]
+    for b, t in enumerate(targets):
+        m = len(t["boxes"])
+        prob = logits[b].softmax(-1)
+        expected = (5 * torch.cdist(boxes[b], t["boxes"], p=1) - prob[:, t["class_labels"]]
+                    - 2 * generalized_box_iou(center_to_corners_format(boxes[b]), center_to_corners_format(t["boxes"])))
+        torch.testing.assert_close(cost[b, :, :m], expected)

@@ -9,6 +9,7 @@ import torch  # noqa: F401  (loads libtorch before the extension registers its o
 
 from . import _C
 from .ops.attention import attention, attention_with_lse
+from .ops.hungarian_match import hungarian_cost, hungarian_match
 from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment
 from .ops.patch_embed import patch_embed
 
@@ -26,6 +27,8 @@ __all__ = [
     "attention_with_lse",
     "batched_linear_sum_assignment",
     "build_info",
+    "hungarian_cost",
+    "hungarian_match",
     "linear_sum_assignment",
     "patch_embed",
     "__version__",
