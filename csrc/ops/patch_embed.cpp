@@ -62,7 +62,7 @@ Checked check_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
   return {B, C, H, W, P, D, np, R};
 }
 
-void check_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, bool has_cls) {
+Checked check_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, bool has_cls) {
   const std::optional<Tensor> none;
   const Checked c = check_forward(x, w, none, none, none);
   const int64_t R = c.np + (has_cls ? 1 : 0);
@@ -71,6 +71,7 @@ void check_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w, bo
            kOp, "grad_out must have shape (", c.B, ", ", R, ", ", c.D, "), got ",
            shape_str(grad_out));
   check_same(kOp, grad_out, "grad_out", x, "pixel_values");
+  return c;
 }
 
 std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
@@ -136,9 +137,7 @@ Tensor patch_embed_cuda(Tensor pixel_values, Tensor weight, std::optional<Tensor
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> patch_embed_backward_cuda(
     Tensor grad_out, Tensor pixel_values, Tensor weight, bool has_cls, bool need_pixel_values,
     bool need_weight, bool need_bias, bool need_cls_token, bool need_pos_embed, bool allow_tf32) {
-  check_backward(grad_out, pixel_values, weight, has_cls);
-  const std::optional<Tensor> no;
-  const Checked c = check_forward(pixel_values, weight, no, no, no);
+  const Checked c = check_backward(grad_out, pixel_values, weight, has_cls);
   const ts::accelerator::DeviceGuard guard(pixel_values.get_device_index());
   const Tensor g = ts::contiguous(grad_out), w = ts::contiguous(weight);
   auto make = [&](bool need, std::vector<int64_t> sizes) {
