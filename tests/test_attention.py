@@ -1,7 +1,5 @@
 """taskkernels.attention (forward) against the float64 reference."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -164,7 +164,7 @@ def _detr_batch(B, N, C, counts):
 
 @pytest.mark.parametrize("counts", [[3, 0, 7, 1], [50] * 4, [1], [12, 30]], ids=str)
 def test_hungarian_match_equals_hf(counts):
-    transformers = pytest.importorskip("transformers", reason="HF's matcher is the reference")
+    pytest.importorskip("transformers", reason="HF's matcher is the reference")
     from transformers.loss.loss_for_object_detection import HungarianMatcher
 
     logits, boxes, targets = _detr_batch(len(counts), 100, 91, counts)

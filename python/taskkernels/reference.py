@@ -62,16 +62,20 @@ def attention(
     return (out, lse) if return_lse else out
 
 
-def batched_linear_sum_assignment(cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False) -> Tensor:
-    """Reference of :func:`taskkernels.batched_linear_sum_assignment`: scipy per problem (what
-    DETR's matcher does after copying its cost matrix to the CPU)."""
-    from scipy.optimize import linear_sum_assignment
+def batched_linear_sum_assignment(
+    cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False, solver=None
+) -> Tensor:
+    """Reference of :func:`taskkernels.batched_linear_sum_assignment`: one solve per problem on a
+    CPU float64 copy, what DETR's matcher does. ``solver`` defaults to scipy's
+    ``linear_sum_assignment`` (the benchmarks also pass taskkernels' drop-in)."""
+    if solver is None:
+        from scipy.optimize import linear_sum_assignment as solver
 
     B, N, M = cost.shape
     out = torch.full((B, N), -1, dtype=torch.int64)
     c = cost.detach().to("cpu", torch.float64).numpy()
     for b in range(B):
         m = M if num_targets is None else int(num_targets[b])
-        rows, cols = linear_sum_assignment(c[b, :, :m], maximize=maximize)
+        rows, cols = solver(c[b, :, :m], maximize=maximize)
         out[b, torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.int64)
     return out.to(cost.device)
