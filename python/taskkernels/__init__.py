@@ -9,6 +9,7 @@ import torch  # noqa: F401  (loads libtorch before the extension registers its o
 
 from . import _C
 from .ops.attention import attention, attention_with_lse
+from .ops.ctc_loss import ctc_loss, ctc_loss_from_logits
 from .ops.hungarian_match import hungarian_cost, hungarian_match
 from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment
 from .ops.patch_embed import patch_embed
@@ -27,6 +28,8 @@ __all__ = [
     "attention_with_lse",
     "batched_linear_sum_assignment",
     "build_info",
+    "ctc_loss",
+    "ctc_loss_from_logits",
     "hungarian_cost",
     "hungarian_match",
     "linear_sum_assignment",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "batched_linear_sum_assignment", "patch_embed"]
+__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "patch_embed"]
 
 
 def patch_embed(
@@ -79,3 +79,19 @@ def batched_linear_sum_assignment(
         rows, cols = solver(c[b, :, :m], maximize=maximize)
         out[b, torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.int64)
     return out.to(cost.device)
+
+
+def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean", zero_infinity=False):
+    """Reference of :func:`taskkernels.ctc_loss`: ``F.ctc_loss`` itself."""
+    return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
+                      zero_infinity=zero_infinity)
+
+
+def ctc_loss_from_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+                         zero_infinity=False):
+    """Reference of :func:`taskkernels.ctc_loss_from_logits`: Hugging Face ``Wav2Vec2ForCTC``'s
+    path, log_softmax in float32 (float64 for float64 logits), time-major, then ``F.ctc_loss``."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    log_probs = F.log_softmax(logits.to(acc), dim=-1).transpose(0, 1)
+    return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
+                      zero_infinity=zero_infinity)
