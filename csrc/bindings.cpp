@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/ctc_loss.h"
+#include "ops/common.h"
 #include "cpu/linear_sum_assignment.h"
 
 namespace py = pybind11;
@@ -88,6 +89,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_sum_assignment", &linear_sum_assignment, py::arg("cost"), py::arg("maximize") = false,
         "Exact linear sum assignment on a float64 matrix: scipy.optimize.linear_sum_assignment's "
         "contract. Use taskkernels.linear_sum_assignment.");
+  m.def("_disable_cuda", &taskkernels::disable_cuda, py::arg("reason"),
+        "Make every CUDA op raise with this reason (set at import when torch's CUDA major differs "
+        "from the build's); an empty reason enables them again.");
   m.def("_ctc_log_space_fallbacks", &taskkernels::cpu::ctc_log_space_fallbacks,
         "How many sequences the CPU CTC loss computed on its log-space path since import (tests).");
 }

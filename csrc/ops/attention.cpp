@@ -189,7 +189,7 @@ std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool cau
   TK_CHECK(r.p.D <= cuda::kMaxAttentionHeadDim, kOp, "on CUDA the head dimension must be at most ",
            cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));
   if (!r.empty) {
-    auto stream = static_cast<cudaStream_t>(current_cuda_stream(q.get_device_index()));
+    auto stream = static_cast<cudaStream_t>(current_cuda_stream(q.get_device_index(), kOp));
     check_cuda(cuda::attention_forward(r.p, stream), kOp, "the CUDA attention kernel");
   }
   return {r.out, r.lse};

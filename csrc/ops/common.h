@@ -77,10 +77,15 @@ inline void check_same(const char* op, const Tensor& t, const char* name, const 
            device_str(t));
 }
 
+// Set from Python at import when the compiled CUDA kernels must not run (torch uses another
+// CUDA major); every CUDA op then raises with this reason. Empty: enabled.
+void disable_cuda(const std::string& reason);
+
 #ifdef TASKKERNELS_WITH_CUDA
-// The current CUDA stream of `device`, as torch sees it. Resolved at run time from torch's own
-// CUDA library, so the module itself does not link against libtorch_cuda.
-void* current_cuda_stream(int32_t device);
+// The current CUDA stream of `device`, as torch sees it, for `op`'s launch. Resolved at run time
+// from torch's own CUDA library, so the module itself does not link against libtorch_cuda.
+// Raises, naming the op, when the CUDA kernels are disabled.
+void* current_cuda_stream(int32_t device, const char* op);
 // Throws with the CUDA error's text when `err` (a cudaError_t) is not success.
 void check_cuda(int err, const char* op, const char* what);
 #endif

@@ -151,7 +151,7 @@ std::tuple<Tensor, Tensor> ctc_nll_cuda(Tensor input, Tensor targets, Tensor inp
   const size_t bytes = cuda::ctc_loss_workspace(p);
   Tensor workspace = ts::new_empty(input, {int64_t(bytes)}, ScalarType::Byte);
   p.workspace = bytes ? workspace.mutable_data_ptr() : nullptr;
-  auto stream = static_cast<cudaStream_t>(current_cuda_stream(input.get_device_index()));
+  auto stream = static_cast<cudaStream_t>(current_cuda_stream(input.get_device_index(), kOp));
   check_cuda(cuda::ctc_loss(p, stream), kOp, "the CUDA kernels");
   return {nll, grad};
 }

@@ -1,13 +1,27 @@
-// Run-time access to torch's CUDA stream, for the CUDA registrations in csrc/ops/*.cpp.
-#ifdef TASKKERNELS_WITH_CUDA
+// Run-time access to torch's CUDA stream, for the CUDA registrations in csrc/ops/*.cpp, and the
+// switch that disables them.
+#include <mutex>
+#include <string>
 
+#ifdef TASKKERNELS_WITH_CUDA
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#endif
 
 #include "ops/common.h"
 
 namespace taskkernels {
+namespace {
+std::mutex g_disabled_mutex;
+std::string g_disabled_reason;
+}  // namespace
 
+void disable_cuda(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(g_disabled_mutex);
+  g_disabled_reason = reason;
+}
+
+#ifdef TASKKERNELS_WITH_CUDA
 namespace {
 using GetStreamFn = AOTITorchError (*)(int32_t, void**);
 
@@ -25,7 +39,11 @@ GetStreamFn lookup_get_stream() {
 }
 }  // namespace
 
-void* current_cuda_stream(int32_t device) {
+void* current_cuda_stream(int32_t device, const char* op) {
+  {
+    std::lock_guard<std::mutex> lock(g_disabled_mutex);
+    TK_CHECK(g_disabled_reason.empty(), op, "cannot run on CUDA: ", g_disabled_reason);
+  }
   static const GetStreamFn get_stream = lookup_get_stream();
   TK_CHECK(get_stream != nullptr, "cuda",
            "the installed torch has no CUDA support loaded (aoti_torch_get_current_cuda_stream "
@@ -43,6 +61,6 @@ void check_cuda(int err, const char* op, const char* what) {
   }
 }
 
-}  // namespace taskkernels
-
 #endif  // TASKKERNELS_WITH_CUDA
+
+}  // namespace taskkernels

@@ -129,7 +129,7 @@ Tensor patch_embed_cuda(Tensor pixel_values, Tensor weight, std::optional<Tensor
                                   pixel_values.const_data_ptr(), w.const_data_ptr(),
                                   data_or_null(b), data_or_null(cls), data_or_null(pos),
                                   out.mutable_data_ptr()};
-  auto stream = static_cast<cudaStream_t>(current_cuda_stream(pixel_values.get_device_index()));
+  auto stream = static_cast<cudaStream_t>(current_cuda_stream(pixel_values.get_device_index(), kOp));
   check_cuda(cuda::patch_embed_forward(p, stream), kOp, "the CUDA forward kernel");
   return out;
 }
@@ -161,7 +161,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> patch_embed_backward_cuda(
   const size_t bytes = cuda::patch_embed_backward_workspace(p);
   Tensor workspace = ts::new_empty(pixel_values, {int64_t(bytes)}, ScalarType::Byte);
   p.workspace = bytes ? workspace.mutable_data_ptr() : nullptr;
-  auto stream = static_cast<cudaStream_t>(current_cuda_stream(pixel_values.get_device_index()));
+  auto stream = static_cast<cudaStream_t>(current_cuda_stream(pixel_values.get_device_index(), kOp));
   check_cuda(cuda::patch_embed_backward(p, stream), kOp, "the CUDA backward kernels");
   return {gx, gw, gb, gc, gp};
 }

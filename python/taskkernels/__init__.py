@@ -8,6 +8,7 @@ autograd, ``torch.compile`` and CPU/CUDA dispatch work as for built-in ops.
 import torch  # noqa: F401  (loads libtorch before the extension registers its ops)
 
 from . import _C
+from ._cuda import cuda_unavailable_reason
 from .ops.attention import attention, attention_with_lse
 from .ops.ctc_loss import ctc_loss, ctc_loss_from_logits
 from .ops.hungarian_match import hungarian_cost, hungarian_match
@@ -23,6 +24,10 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
+from . import _cuda as _cuda_setup  # noqa: E402
+
+_cuda_setup.setup()
+
 __all__ = [
     "attention",
     "attention_with_lse",
@@ -30,6 +35,7 @@ __all__ = [
     "build_info",
     "ctc_loss",
     "ctc_loss_from_logits",
+    "cuda_unavailable_reason",
     "hungarian_cost",
     "hungarian_match",
     "linear_sum_assignment",

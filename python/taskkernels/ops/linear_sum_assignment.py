@@ -39,7 +39,10 @@ def linear_sum_assignment(cost_matrix, maximize: bool = False) -> tuple[np.ndarr
 def batched_linear_sum_assignment(
     cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False
 ) -> Tensor:
-    """Solves B assignment problems in one call, without leaving the tensor's device.
+    """Solves B assignment problems in one call; the result is on the cost's device.
+
+    On CUDA tensors the solve runs on the CPU for now (one copy and synchronization, as in HF's
+    matcher); a CUDA solver that keeps everything on the device is planned.
 
     Args:
         cost: (B, N, M) floating tensor. Problem b uses the first ``num_targets[b]`` columns.
@@ -63,3 +66,12 @@ def _batched_lsa_fake(cost, num_targets=None, maximize=False):
         torch._check(tuple(num_targets.shape) == (cost.shape[0],),
                      lambda: f"taskkernels.batched_linear_sum_assignment: num_targets must have shape (B,) = ({cost.shape[0]},), got {tuple(num_targets.shape)}")
     return cost.new_empty(cost.shape[:2], dtype=torch.int64)
+
+
+@torch.library.impl("taskkernels::batched_linear_sum_assignment", "CUDA")
+def _batched_lsa_cuda_via_host(cost, num_targets=None, maximize=False):
+    """Until the CUDA solver lands: solve on the CPU and return the result on the cost's device
+    (one device-to-host copy and synchronization, as HF's matcher does). Same results."""
+    cpu = torch.ops.taskkernels.batched_linear_sum_assignment(
+        cost.cpu(), None if num_targets is None else num_targets.cpu(), maximize)
+    return cpu.to(cost.device)

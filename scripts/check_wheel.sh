@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The stable-ABI promise, checked: installs dist/cpu's wheel (built against the torch in .venv,
+# 2.14.1) into a fresh venv with an older torch (default 2.13.0, a CPU build on this machine's
+# disk) and runs the CPU test suite there against the installed wheel.
+#   bash scripts/check_wheel.sh [torch version]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH=${1:-2.13.0}
+VENV="build/venv-torch-$TORCH"
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+wheel=$(ls dist/cpu/*.whl 2>/dev/null | head -1)
+[ -n "$wheel" ] || { echo "check_wheel: no wheel in dist/cpu; run bash scripts/wheel.sh cpu" >&2; exit 1; }
+
+echo "check_wheel: fresh venv $VENV with torch $TORCH"
+"$PYTHON" -m venv --clear "$VENV"
+LOG="$VENV.log"
+pip_install() {
+  if ! "$VENV/bin/python" -m pip install "$@" > "$LOG" 2>&1; then
+    grep -v "^WARNING: Location" "$LOG" | tail -30 >&2
+    exit 1
+  fi
+}
+pip_install "torch==$TORCH" numpy scipy pytest hypothesis "transformers==5.23.0" matplotlib tqdm
+pip_install --no-deps "$wheel"
+# Run outside the source tree's python/ (never on sys.path) so the installed wheel is what loads.
+"$VENV/bin/python" - "$TORCH" <<'PY'
+import sys, torch, taskkernels
+assert torch.__version__.split("+")[0] == sys.argv[1], torch.__version__
+assert "site-packages" in taskkernels.__file__, taskkernels.__file__
+info = taskkernels.build_info()
+print(f"check_wheel: taskkernels built against torch {info['torch_version']}, running on torch {torch.__version__}")
+PY
+"$VENV/bin/python" -m pytest tests -q -p no:cacheprovider
