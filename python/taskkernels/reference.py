@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "patch_embed"]
+__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "depthwise_conv2d", "patch_embed"]
 
 
 def patch_embed(
@@ -95,3 +95,9 @@ def ctc_loss_from_logits(logits, targets, input_lengths, target_lengths, blank=0
     log_probs = F.log_softmax(logits.to(acc), dim=-1).transpose(0, 1)
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
                       zero_infinity=zero_infinity)
+
+
+def depthwise_conv2d(x, weight, bias=None, padding=None):
+    """Reference of :func:`taskkernels.depthwise_conv2d`: ``F.conv2d`` with groups = C."""
+    padding = (weight.shape[-1] - 1) // 2 if padding is None else padding
+    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])

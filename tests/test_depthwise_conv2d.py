@@ -1,0 +1,176 @@
+"""taskkernels.depthwise_conv2d against F.conv2d(groups=C) in float64: both memory formats and
+any strides, kernel sizes 1-31, explicit padding, small and odd sizes, every dtype, gradients,
+determinism, errors, opcheck and torch.compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import taskkernels
+from taskkernels import reference
+
+from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error
+
+LAYOUTS = ["nchw", "channels_last", "strided"]
+
+
+def make_x(B, C, H, W, layout, dtype=torch.float64, device="cpu"):
+    if layout == "strided":  # every other column of a wider tensor: no dense layout at all
+        return torch.randn(B, C, H, 2 * W, dtype=dtype, device=device)[..., ::2]
+    x = torch.randn(B, C, H, W, dtype=dtype, device=device)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def check(x, weight, bias, padding, tol=1e-12):
+    """Output, layout and the three gradients against the float64 reference."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
+    ours = taskkernels.depthwise_conv2d(leaves[0], leaves[1], leaves[2] if bias is not None else None, padding)
+    refs = [t.detach().clone().requires_grad_() for t in leaves]
+    ref = reference.depthwise_conv2d(refs[0], refs[1], refs[2] if bias is not None else None, padding)
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() and x.shape[1] > 1
+    assert ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    torch.testing.assert_close(ours, ref, rtol=0, atol=tol * scale)
+    grad = torch.randn_like(ref)
+    ours_g = torch.autograd.grad(ours, leaves, grad)
+    ref_g = torch.autograd.grad(ref, refs, grad)
+    for name, a, b in zip(("x", "weight", "bias"), ours_g, ref_g):
+        s = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * s, msg=lambda m: f"grad {name}: {m}")
+    return ours, ours_g
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("K", [3, 5, 7, 31])
+def test_kernel_sizes_and_layouts(device, layout, K):
+    x = make_x(2, 6, 13, 19, layout, device=device)
+    w = torch.randn(6, 1, K, K, dtype=torch.float64, device=device)
+    b = torch.randn(6, dtype=torch.float64, device=device)
+    check(x, w, b, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("C", [1, 3, 96])
+@pytest.mark.parametrize("HW", [(1, 1), (7, 7), (13, 5), (56, 56)])
+def test_sizes(device, layout, C, HW):
+    x = make_x(2, C, *HW, layout, device=device)
+    check(x, torch.randn(C, 1, 7, 7, dtype=torch.float64, device=device), None, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("K, padding", [(7, 0), (7, 6), (4, 0), (4, 3), (1, 0), (3, 2)])
+def test_explicit_padding(device, layout, K, padding):
+    x = make_x(3, 4, 11, 9, layout, device=device)
+    check(x, torch.randn(4, 1, K, K, dtype=torch.float64, device=device),
+          torch.randn(4, dtype=torch.float64, device=device), padding)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_dtypes(device, layout, dtype):
+    """In each dtype: output and gradients against float64 on the same rounded inputs, within
+    twice PyTorch's own error in that dtype."""
+    x = make_x(2, 32, 20, 20, layout, dtype=dtype, device=device).requires_grad_()
+    w = (torch.randn(32, 1, 7, 7, device=device) / 7).to(dtype).requires_grad_()
+    b = torch.randn(32, device=device).to(dtype).requires_grad_()
+    ours = taskkernels.depthwise_conv2d(x, w, b)
+    grad = torch.randn_like(ours)
+    ours_g = torch.autograd.grad(ours, (x, w, b), grad)
+    low = reference.depthwise_conv2d(x, w, b)
+    low_g = torch.autograd.grad(low, (x, w, b), grad)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = reference.depthwise_conv2d(x64, w64, b64)
+    ref_g = torch.autograd.grad(ref, (x64, w64, b64), grad.double())
+    assert_within_reference_error(ours, low, ref, dtype, "output")
+    for name, a, l, r in zip(("x", "weight", "bias"), ours_g, low_g, ref_g):
+        assert_within_reference_error(a, l, r, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradients_are_deterministic(device, layout):
+    x = make_x(8, 16, 28, 28, layout, dtype=torch.float32, device=device)
+    w = torch.randn(16, 1, 7, 7, device=device, requires_grad=True)
+    b = torch.randn(16, device=device, requires_grad=True)
+    grad = torch.randn(8, 16, 28, 28, device=device)
+    first = torch.autograd.grad(taskkernels.depthwise_conv2d(x, w, b), (w, b), grad)
+    second = torch.autograd.grad(taskkernels.depthwise_conv2d(x, w, b), (w, b), grad)
+    assert all(torch.equal(a, c) for a, c in zip(first, second))
+
+
+def test_only_requested_gradients():
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3)
+    (gx,) = torch.autograd.grad(taskkernels.depthwise_conv2d(x, w).sum(), (x,))
+    torch.testing.assert_close(gx, torch.autograd.grad(F.conv2d(x, w, padding=1, groups=3).sum(), (x,))[0])
+
+
+def test_gradcheck():
+    for layout in ("nchw", "channels_last"):
+        x = make_x(1, 3, 6, 5, layout).requires_grad_()
+        w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda *a: taskkernels.depthwise_conv2d(*a), (x, w, b))
+        assert torch.autograd.gradcheck(lambda *a: taskkernels.depthwise_conv2d(*a, padding=2), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for layout in ("nchw", "channels_last"):
+        x = make_x(2, 4, 9, 8, layout, dtype=torch.float32, device=device).requires_grad_()
+        w = torch.randn(4, 1, 5, 5, device=device, requires_grad=True)
+        b = torch.randn(4, device=device, requires_grad=True)
+        torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d.default, (x, w, b, 2))
+        torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d.default, (x, w, None, 0))
+        go = torch.randn(2, 4, 9, 8, device=device)
+        torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d_backward_input.default,
+                              (go, w.detach(), 2, layout == "channels_last"))
+        torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d_backward_weight.default,
+                              (go, x.detach(), 5, 2, True))
+
+
+def test_torch_compile_training_step():
+    """ConvNeXt's block front (dwconv 7x7 -> permute -> LayerNorm) trained under torch.compile."""
+    conv = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    norm = torch.nn.LayerNorm(8)
+    x = torch.randn(2, 8, 14, 14).to(memory_format=torch.channels_last)
+
+    def step(x):
+        y = taskkernels.depthwise_conv2d(x, conv.weight, conv.bias)
+        return norm(y.permute(0, 2, 3, 1)).square().mean()
+
+    eager = step(x)
+    eager.backward()
+    grads = [p.grad.clone() for p in (conv.weight, conv.bias)]
+    conv.weight.grad = conv.bias.grad = None
+    compiled = torch.compile(step, fullgraph=True)(x)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip((conv.weight, conv.bias), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def test_errors_name_the_argument():
+    x = torch.randn(2, 4, 10, 10)
+    w = torch.randn(4, 1, 7, 7)
+
+    def raises(match, *args, **kwargs):
+        with pytest.raises(RuntimeError, match=match):
+            taskkernels.depthwise_conv2d(*args, **kwargs)
+
+    raises("x must be 4-D", x[0], w)
+    raises("x must be float16, bfloat16, float32 or float64", x.int(), w.int())
+    raises("weight must be \\(C, 1, K, K\\) with C = 4", x, torch.randn(3, 1, 7, 7))
+    raises("weight must be \\(C, 1, K, K\\)", x, torch.randn(4, 2, 7, 7))
+    raises("the kernel size K must be in \\[1, 31\\]", x, torch.randn(4, 1, 33, 33))
+    raises("padding must be in \\[0, K - 1 = 6\\], got 7", x, w, padding=7)
+    raises("needs an odd kernel size", x, torch.randn(4, 1, 4, 4))
+    raises("weight must have the dtype of x", x, w.double())
+    raises("bias must have shape \\(C,\\) = \\(4,\\)", x, w, torch.randn(5))
+    raises("bias must have the dtype of x", x, w, torch.randn(4).double())
+    raises("is smaller than the kernel", torch.randn(1, 4, 3, 3), w, padding=0)
