@@ -13,4 +13,15 @@ using taskkernels::DwDType;
 void depthwise_conv2d_forward(const DwConvParams& p);
 void depthwise_conv2d_weight_grad(const DwConvWeightGradParams& p);
 
+// One implementation (depthwise_conv2d_impl.h) compiled twice: for any x86-64, and with AVX2 +
+// FMA.
+namespace isa_generic {
+void depthwise_conv2d_forward(const DwConvParams& p);
+void depthwise_conv2d_weight_grad(const DwConvWeightGradParams& p);
+}  // namespace isa_generic
+namespace isa_avx2 {
+void depthwise_conv2d_forward(const DwConvParams& p);
+void depthwise_conv2d_weight_grad(const DwConvWeightGradParams& p);
+}  // namespace isa_avx2
+
 }  // namespace taskkernels::cpu
