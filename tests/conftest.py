@@ -39,6 +39,20 @@ def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output")
     assert ours_err <= bound, f"{what}: error {ours_err:.3e} > bound {bound:.3e} (PyTorch's own error {torch_err:.3e})"
 
 
+def run_portable_cpu_build(script: str) -> str:
+    """Runs `script` in a fresh Python with TASKKERNELS_CPU_ISA=generic (the CPU kernels' portable
+    copy, the one CPUs without AVX2 get); it must print "ok". Returns its output."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    env = dict(os.environ, TASKKERNELS_CPU_ISA="generic")
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed():
     """Fresh random inputs in every test; the seed is printed so a failure can be replayed."""

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import taskkernels
 from taskkernels import reference
-from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error
+from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, run_portable_cpu_build
 
 # (B, H, Nq, Nk, D): self-attention at odd sizes, cross-attention both ways, one query (decode).
 SHAPES = [
@@ -264,11 +264,7 @@ def test_backward_checks_its_arguments():
 
 def test_portable_cpu_build_agrees():
     """The portable copy of the CPU kernels (chosen on CPUs without AVX2) gives the same results."""
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent("""
+    run_portable_cpu_build("""
         import torch, taskkernels
         from taskkernels import reference
         torch.manual_seed(0)
@@ -283,6 +279,3 @@ def test_portable_cpu_build_agrees():
         assert err < 1e-4, err
         print("ok", err)
     """)
-    env = dict(__import__("os").environ, TASKKERNELS_CPU_ISA="generic")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import taskkernels
 from taskkernels import reference
 
-from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error
+from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, run_portable_cpu_build
 
 LAYOUTS = ["nchw", "channels_last", "strided"]
 
@@ -174,3 +174,31 @@ def test_errors_name_the_argument():
     raises("bias must have shape \\(C,\\) = \\(4,\\)", x, w, torch.randn(5))
     raises("bias must have the dtype of x", x, w, torch.randn(4).double())
     raises("is smaller than the kernel", torch.randn(1, 4, 3, 3), w, padding=0)
+
+
+def test_portable_cpu_build_agrees():
+    """The portable copy of the CPU kernels (CPUs without AVX2) against float64, both layouts,
+    a specialized (7) and a generic (4) kernel size, odd widths (vector tails)."""
+    run_portable_cpu_build("""
+        import torch, taskkernels
+        from taskkernels import reference
+        err = 0.0
+        for cl in (False, True):
+            for K, pad in ((7, 3), (4, 2)):
+                x = torch.randn(2, 19, 13, 21)
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                x.requires_grad_()
+                w = torch.randn(19, 1, K, K, requires_grad=True)
+                b = torch.randn(19, requires_grad=True)
+                out = taskkernels.depthwise_conv2d(x, w, b, pad)
+                leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+                ref = reference.depthwise_conv2d(*leaves, pad)
+                g = torch.randn_like(out)
+                grads = torch.autograd.grad(out, (x, w, b), g)
+                ref_grads = torch.autograd.grad(ref, leaves, g.double())
+                err = max([err, (out.double() - ref).abs().max().item() / ref.abs().max().item()]
+                          + [((a.double() - r).abs().max() / r.abs().max()).item() for a, r in zip(grads, ref_grads)])
+        assert err < 1e-5, err
+        print("ok", err)
+    """)

@@ -16,6 +16,11 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include <type_traits>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 #include "cpu/depthwise_conv2d.h"
 
 namespace taskkernels::cpu::TK_DW_NS {
@@ -23,6 +28,7 @@ namespace {
 
 constexpr int64_t V = 16;  // lanes of a register block
 constexpr int64_t R = 4;   // rows (NCHW) or columns (NHWC) of a register block
+constexpr int64_t W32 = 32;  // columns of the AVX2 NCHW block (the padded plane's width unit)
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -66,15 +72,19 @@ struct PaddedPlane {
   int64_t rows, width;
   Buffer<A> buf;
   explicit PaddedPlane(const DwConvParams& p)
-      : rows(round_up(p.Ho, R) + p.K - 1), width(round_up(p.Wo, V) + p.K - 1), buf(rows * width) {}
+      : rows(round_up(p.Ho, R) + p.K - 1), width(round_up(p.Wo, W32) + p.K - 1), buf(rows * width) {}
+  // Every plane writes the same interior, so the zero border from construction stays valid.
   void load(const DwConvParams& p, int64_t b, int64_t c) {
-    buf.zero();
     const T* x = static_cast<const T*>(p.x) + b * p.sB + c * p.sC;
     const int64_t rows_in = min64(p.Hi, rows - p.pad), cols_in = min64(p.Wi, width - p.pad);
     for (int64_t h = 0; h < rows_in; ++h) {
       A* dst = buf.p + (h + p.pad) * width + p.pad;
       const T* src = x + h * p.sH;
-      for (int64_t w = 0; w < cols_in; ++w) dst[w] = static_cast<A>(src[w * p.sW]);
+      if (p.sW == 1) {
+        for (int64_t w = 0; w < cols_in; ++w) dst[w] = static_cast<A>(src[w]);
+      } else {
+        for (int64_t w = 0; w < cols_in; ++w) dst[w] = static_cast<A>(src[w * p.sW]);
+      }
     }
   }
 };
@@ -108,6 +118,144 @@ void plane_forward(const PaddedPlane<T, A>& plane, const A* w, A bias, int64_t K
   }
 }
 
+
+#ifdef __AVX2__
+// float, AVX2 + FMA: blocks of RB output rows x 8 NV columns (RB NV accumulators). Input row
+// oy0 + j feeds output row oy0 + r with filter row j - r, so each input vector loaded serves up
+// to RB multiply-adds.
+template <int NV, int RB>
+void plane_forward_avx2(const float* buf, int64_t width, const float* w, float bias, int64_t K, int64_t Ho,
+                        int64_t Wo, float* y) {
+  constexpr int64_t BW = 8 * NV;
+  for (int64_t oy0 = 0; oy0 < Ho; oy0 += RB) {
+    for (int64_t x0 = 0; x0 < Wo; x0 += BW) {
+      __m256 a[RB][NV];
+      for (int r = 0; r < RB; ++r)
+        for (int i = 0; i < NV; ++i) a[r][i] = _mm256_set1_ps(bias);
+      for (int64_t j = 0; j < K + RB - 1; ++j) {
+        const float* in = buf + (oy0 + j) * width + x0;
+        for (int64_t kx = 0; kx < K; ++kx) {
+          __m256 v[NV];
+          for (int i = 0; i < NV; ++i) v[i] = _mm256_loadu_ps(in + kx + 8 * i);
+          for (int r = 0; r < RB; ++r) {
+            const int64_t ky = j - r;
+            if (ky < 0 || ky >= K) continue;
+            const __m256 wv = _mm256_broadcast_ss(w + ky * K + kx);
+            for (int i = 0; i < NV; ++i) a[r][i] = _mm256_fmadd_ps(wv, v[i], a[r][i]);
+          }
+        }
+      }
+      const int64_t n = min64(BW, Wo - x0);
+      alignas(32) float tmp[RB][BW];
+      for (int r = 0; r < RB; ++r)
+        for (int i = 0; i < NV; ++i) _mm256_store_ps(tmp[r] + 8 * i, a[r][i]);
+      for (int r = 0; r < RB && oy0 + r < Ho; ++r) {
+        float* dst = y + (oy0 + r) * Wo + x0;
+        for (int64_t i = 0; i < n; ++i) dst[i] = tmp[r][i];
+      }
+    }
+  }
+}
+
+inline float hsum(__m256 v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+
+// float, AVX2 + FMA: sums of NK neighbouring filter columns of filter row ky at once.
+template <int NK>
+void weight_grad_columns_avx2(const float* buf, int64_t width, const float* go, int64_t gwidth, int64_t Ho,
+                              int64_t ky, int64_t kx0, float* sums) {
+  __m256 p[NK];
+  for (int k = 0; k < NK; ++k) p[k] = _mm256_setzero_ps();
+  for (int64_t oy = 0; oy < Ho; ++oy) {
+    const float* g = go + oy * gwidth;
+    const float* in = buf + (oy + ky) * width + kx0;
+    for (int64_t x0 = 0; x0 < gwidth; x0 += 8) {
+      const __m256 gv = _mm256_loadu_ps(g + x0);
+      for (int k = 0; k < NK; ++k) p[k] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(in + x0 + k), p[k]);
+    }
+  }
+  for (int k = 0; k < NK; ++k) sums[k] += hsum(p[k]);
+}
+
+inline void plane_weight_grad_avx2(const float* buf, int64_t width, const float* go, int64_t gwidth, int64_t Ho,
+                                   int64_t K, float* sums) {
+  for (int64_t ky = 0; ky < K; ++ky) {
+    for (int64_t kx0 = 0; kx0 < K; kx0 += 8) {
+      float* s = sums + ky * K + kx0;
+      switch (min64(8, K - kx0)) {
+        case 1: weight_grad_columns_avx2<1>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 2: weight_grad_columns_avx2<2>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 3: weight_grad_columns_avx2<3>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 4: weight_grad_columns_avx2<4>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 5: weight_grad_columns_avx2<5>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 6: weight_grad_columns_avx2<6>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        case 7: weight_grad_columns_avx2<7>(buf, width, go, gwidth, Ho, ky, kx0, s); break;
+        default: weight_grad_columns_avx2<8>(buf, width, go, gwidth, Ho, ky, kx0, s);
+      }
+    }
+  }
+}
+
+// float channels-last, AVX2 + FMA: one output row, blocks of 4 columns x 16 channels.
+inline void row_forward_nhwc_avx2(const DwConvParams& p, const float* wt, int64_t cpad, const float* b0, int64_t b,
+                                  int64_t oy) {
+  const int64_t K = p.K, C = p.C;
+  const float* xb = static_cast<const float*>(p.x) + b * p.sB;
+  float* y = static_cast<float*>(p.y) + (b * p.Ho + oy) * p.Wo * C;
+  const int64_t ky0 = max64(0, p.pad - oy), ky1 = min64(K, p.Hi + p.pad - oy);
+  for (int64_t c0 = 0; c0 + V <= C; c0 += V) {
+    for (int64_t ox0 = 0; ox0 < p.Wo; ox0 += R) {
+      __m256 a[R][2];
+      for (int q = 0; q < R; ++q) {
+        a[q][0] = _mm256_loadu_ps(b0 + c0);
+        a[q][1] = _mm256_loadu_ps(b0 + c0 + 8);
+      }
+      for (int64_t ky = ky0; ky < ky1; ++ky) {
+        const float* xrow = xb + (oy + ky - p.pad) * p.sH + c0;
+        for (int64_t kx = 0; kx < K; ++kx) {
+          const float* wv = wt + (ky * K + kx) * cpad + c0;
+          const __m256 w0 = _mm256_loadu_ps(wv), w1 = _mm256_loadu_ps(wv + 8);
+          for (int q = 0; q < R; ++q) {
+            const int64_t ix = ox0 + q + kx - p.pad;
+            if (ox0 + q >= p.Wo || ix < 0 || ix >= p.Wi) continue;
+            const float* in = xrow + ix * p.sW;
+            a[q][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(in), a[q][0]);
+            a[q][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(in + 8), a[q][1]);
+          }
+        }
+      }
+      for (int q = 0; q < R && ox0 + q < p.Wo; ++q) {
+        _mm256_storeu_ps(y + (ox0 + q) * C + c0, a[q][0]);
+        _mm256_storeu_ps(y + (ox0 + q) * C + c0 + 8, a[q][1]);
+      }
+    }
+  }
+}
+
+// float channels-last weight gradient, AVX2 + FMA: for each tap a run along the output columns
+// with the 16 channel sums in two registers.
+inline void row_weight_grad_nhwc_avx2(const DwConvParams& p, const float* xrow, const float* gorow, int64_t ky,
+                                      float* sums) {
+  const int64_t K = p.K;
+  for (int64_t kx = 0; kx < K; ++kx) {
+    const int64_t ox0 = max64(0, p.pad - kx), ox1 = min64(p.Wo, p.Wi + p.pad - kx);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t ox = ox0; ox < ox1; ++ox) {
+      const float* in = xrow + (ox + kx - p.pad) * p.sW;
+      const float* g = gorow + ox * V;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(g), _mm256_loadu_ps(in), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(g + 8), _mm256_loadu_ps(in + 8), a1);
+    }
+    float* s = sums + (ky * K + kx) * V;
+    _mm256_storeu_ps(s, _mm256_add_ps(_mm256_loadu_ps(s), a0));
+    _mm256_storeu_ps(s + 8, _mm256_add_ps(_mm256_loadu_ps(s + 8), a1));
+  }
+}
+#endif  // __AVX2__
+
 template <class T, class A>
 void forward_nchw(const DwConvParams& p) {
   const Filter<T, A> f(p);
@@ -121,6 +269,18 @@ void forward_nchw(const DwConvParams& p) {
       const A* w = f.w.p + c * KK;
       const A b0 = bias ? static_cast<A>(bias[c]) : A(0);
       T* y = static_cast<T*>(p.y) + bc * p.Ho * p.Wo;
+#ifdef __AVX2__
+      if constexpr (std::is_same_v<T, float>) {
+        if (p.Wo <= 8) {
+          plane_forward_avx2<1, 4>(plane.buf.p, plane.width, w, b0, p.K, p.Ho, p.Wo, y);
+        } else if (p.Wo <= 16) {
+          plane_forward_avx2<2, 4>(plane.buf.p, plane.width, w, b0, p.K, p.Ho, p.Wo, y);
+        } else {
+          plane_forward_avx2<4, 2>(plane.buf.p, plane.width, w, b0, p.K, p.Ho, p.Wo, y);
+        }
+        continue;
+      }
+#endif
       switch (p.K) {
         case 3: plane_forward<3>(plane, w, b0, 3, p.Ho, p.Wo, y); break;
         case 5: plane_forward<5>(plane, w, b0, 5, p.Ho, p.Wo, y); break;
@@ -138,7 +298,14 @@ void row_forward_nhwc(const DwConvParams& p, const Filter<T, A>& f, const A* b0,
   const T* xb = static_cast<const T*>(p.x) + b * p.sB;
   T* y = static_cast<T*>(p.y) + (b * p.Ho + oy) * p.Wo * C;
   const int64_t ky0 = max64(0, p.pad - oy), ky1 = min64(K, p.Hi + p.pad - oy);
-  for (int64_t c0 = 0; c0 < C; c0 += V) {
+  int64_t first = 0;
+#ifdef __AVX2__
+  if constexpr (std::is_same_v<T, float>) {
+    row_forward_nhwc_avx2(p, f.wt.p, f.cpad, b0, b, oy);
+    first = C / V * V;  // the tail of fewer than V channels below
+  }
+#endif
+  for (int64_t c0 = first; c0 < C; c0 += V) {
     const int64_t n = min64(V, C - c0);
     for (int64_t ox0 = 0; ox0 < p.Wo; ox0 += R) {
       A acc[R][V];
@@ -235,6 +402,11 @@ void weight_grad_nchw(const DwConvWeightGradParams& g) {
         go.zero();
         for (int64_t oy = 0; oy < p.Ho; ++oy)
           for (int64_t ox = 0; ox < p.Wo; ++ox) go.p[oy * gwidth + ox] = static_cast<A>(src[oy * p.Wo + ox]);
+#ifdef __AVX2__
+        if constexpr (std::is_same_v<A, float>) {
+          plane_weight_grad_avx2(plane.buf.p, plane.width, go.p, gwidth, p.Ho, K, sums.p);
+        } else
+#endif
         switch (K) {
           case 3: plane_weight_grad<3>(plane, go.p, gwidth, p.Ho, 3, sums.p); break;
           case 5: plane_weight_grad<5>(plane, go.p, gwidth, p.Ho, 5, sums.p); break;
@@ -281,6 +453,14 @@ void weight_grad_nhwc(const DwConvWeightGradParams& g) {
           const int64_t ky0 = max64(0, p.pad - oy), ky1 = min64(K, p.Hi + p.pad - oy);
           for (int64_t ky = ky0; ky < ky1; ++ky) {
             const T* xrow = xb + (oy + ky - p.pad) * p.sH;
+#ifdef __AVX2__
+            if constexpr (std::is_same_v<T, float>) {
+              if (n == V) {
+                row_weight_grad_nhwc_avx2(p, xrow, gorow.p, ky, sums.p);
+                continue;
+              }
+            }
+#endif
             for (int64_t kx = 0; kx < K; ++kx) {
               const int64_t ox0 = max64(0, p.pad - kx), ox1 = min64(p.Wo, p.Wi + p.pad - kx);
               A acc[V] = {};
