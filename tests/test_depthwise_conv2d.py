@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import taskkernels
 from taskkernels import reference
 
-from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, run_portable_cpu_build
+from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, requires_cuda, run_portable_cpu_build
 
 LAYOUTS = ["nchw", "channels_last", "strided"]
 
@@ -202,3 +202,81 @@ def test_portable_cpu_build_agrees():
         assert err < 1e-5, err
         print("ok", err)
     """)
+
+
+# ---- the fused ConvNeXt front: depthwise_conv2d + LayerNorm over channels -------------------------
+
+
+def fused_args(layout, dtype=torch.float64, C=12, H=9, W=14, K=7, affine=True):
+    x = make_x(2, C, H, W, layout, dtype=dtype)
+    params = [torch.randn(C, 1, K, K) / K, torch.randn(C)]
+    params += [torch.randn(C), torch.randn(C)] if affine else [None, None]
+    return [x] + [p.to(dtype) if p is not None else None for p in params]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("affine", [True, False])
+def test_fused_front_matches_reference(layout, affine):
+    args = [a.requires_grad_() if a is not None else None for a in fused_args(layout, affine=affine)]
+    out = taskkernels.depthwise_conv2d_layernorm(*args)
+    ref = reference.depthwise_conv2d_layernorm(*args)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    leaves = [a for a in args if a is not None]
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, leaves, grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_front_dtypes(dtype):
+    args = [a.requires_grad_() for a in fused_args("channels_last", dtype=dtype, C=32, H=14, W=14)]
+    out = taskkernels.depthwise_conv2d_layernorm(*args)
+    low = reference.depthwise_conv2d_layernorm(*args)
+    exact = [a.detach().double().requires_grad_() for a in args]
+    ref = reference.depthwise_conv2d_layernorm(*exact)
+    grad = torch.randn_like(ref)
+    assert_within_reference_error(out, low, ref, dtype, "output")
+    ours_g = torch.autograd.grad(out, args, grad.to(dtype))
+    low_g = torch.autograd.grad(low, args, grad.to(dtype))
+    ref_g = torch.autograd.grad(ref, exact, grad)
+    for name, a, l, r in zip(("x", "weight", "bias", "ln_weight", "ln_bias"), ours_g, low_g, ref_g):
+        assert_within_reference_error(a, l, r, dtype, f"grad {name}")
+
+
+def test_fused_front_gradcheck_opcheck_and_determinism():
+    args = [a.requires_grad_() for a in fused_args("nchw", C=3, H=5, W=6, K=3)]
+    assert torch.autograd.gradcheck(lambda *a: taskkernels.depthwise_conv2d_layernorm(*a, eps=1e-5), args)
+    f32 = [a.detach().float().requires_grad_() for a in args]
+    torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d_layernorm.default, (*f32, 1e-6, 1))
+    big = [a.requires_grad_() for a in fused_args("channels_last", dtype=torch.float32, C=16, H=28, W=28)]
+    grad = torch.randn(2, 28, 28, 16)
+    first = torch.autograd.grad(taskkernels.depthwise_conv2d_layernorm(*big), big, grad)
+    second = torch.autograd.grad(taskkernels.depthwise_conv2d_layernorm(*big), big, grad)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_fused_front_under_torch_compile():
+    args = [a.requires_grad_() for a in fused_args("channels_last", dtype=torch.float32)]
+    step = lambda *a: taskkernels.depthwise_conv2d_layernorm(*a).square().mean()  # noqa: E731
+    eager = torch.autograd.grad(step(*args), args)
+    compiled = torch.autograd.grad(torch.compile(step, fullgraph=True)(*args), args)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_front_errors():
+    x, w, b, g, beta = fused_args("nchw", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="ln_weight must have shape \\(C,\\) = \\(12,\\)"):
+        taskkernels.depthwise_conv2d_layernorm(x, w, b, g[:5], beta)
+    with pytest.raises(RuntimeError, match="ln_bias must have the dtype of x"):
+        taskkernels.depthwise_conv2d_layernorm(x, w, b, g, beta.double())
+    with pytest.raises(RuntimeError, match="eps must be >= 0"):
+        taskkernels.depthwise_conv2d_layernorm(x, w, b, g, beta, eps=-1.0)
+
+
+@requires_cuda
+def test_fused_front_on_cuda_says_it_has_no_kernel_yet():
+    args = [a.cuda() for a in fused_args("nchw", dtype=torch.float32)]
+    with pytest.raises(RuntimeError, match="depthwise_conv2d_layernorm: cannot run on CUDA: this op has no CUDA kernel yet"):
+        taskkernels.depthwise_conv2d_layernorm(*args)

@@ -34,3 +34,34 @@ struct DwConvWeightGradParams {
 };
 
 }  // namespace taskkernels
+
+namespace taskkernels {
+
+// LayerNorm over the channels of each pixel (ConvNeXt's channels-last LayerNorm), reading
+// y (B, C, H, W) at any strides and writing out (B, H, W, C) contiguous, both of dtype; mean and
+// rstd (B * H * W) in the accumulation type (float, double for double).
+struct ChannelNormParams {
+  DwDType dtype;
+  int64_t B, C, H, W;
+  const void* y;
+  int64_t sB, sC, sH, sW;
+  const void* gamma;  // (C,) or null
+  const void* beta;   // (C,) or null
+  double eps;
+  void* out;
+  void* mean;
+  void* rstd;
+};
+
+// Its backward: grad_out (B, H, W, C) contiguous -> dy (B, H, W, C) contiguous (dtype), and
+// ggamma / gbeta (C,) (dtype; null when not wanted), summed over pixels in fixed chunks and then
+// in chunk order: bitwise reproducible. y, gamma, mean, rstd as in the forward.
+struct ChannelNormBackwardParams {
+  ChannelNormParams fwd;  // out unused
+  const void* grad_out;
+  void* dy;
+  void* ggamma;
+  void* gbeta;
+};
+
+}  // namespace taskkernels

@@ -25,3 +25,13 @@ void depthwise_conv2d_weight_grad(const DwConvWeightGradParams& p);
 }  // namespace isa_avx2
 
 }  // namespace taskkernels::cpu
+
+namespace taskkernels::cpu {
+
+using taskkernels::ChannelNormBackwardParams;
+using taskkernels::ChannelNormParams;
+
+void channel_layernorm_forward(const ChannelNormParams& p);
+void channel_layernorm_backward(const ChannelNormBackwardParams& p);
+
+}  // namespace taskkernels::cpu

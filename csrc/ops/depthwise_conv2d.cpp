@@ -1,10 +1,12 @@
-// depthwise_conv2d and its two backward ops: schemas, argument checks, CPU and CUDA
+// depthwise_conv2d and its two backward ops, and the fused ConvNeXt front (depthwise_conv2d +
+// LayerNorm over channels, CPU only for now) with its backward: schemas, argument checks, CPU and CUDA
 // registrations. Layout: channels_last inputs run the channels-last kernels and give
 // channels_last outputs; anything else runs the NCHW kernels (any strides) and gives NCHW.
 #include <torch/csrc/stable/accelerator.h>
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu/depthwise_conv2d.h"
@@ -166,6 +168,92 @@ std::tuple<Tensor, Tensor> depthwise_conv2d_backward_weight(Tensor grad_out, Ten
   return {gw, gb};
 }
 
+
+// ---- the ConvNeXt front: depthwise convolution + LayerNorm over channels -----------------------
+ScalarType acc_dtype(ScalarType t) { return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float; }
+
+void check_channel_param(const std::optional<Tensor>& t, const char* name, const Tensor& x) {
+  if (!t.has_value()) return;
+  check_same(kOp, *t, name, x, "x");
+  TK_CHECK(t->dim() == 1 && t->size(0) == x.size(1), kOp, name, " must have shape (C,) = (", x.size(1), ",), got ",
+           shape_str(*t));
+}
+
+ChannelNormParams norm_params(const Tensor& y, const std::optional<Tensor>& gamma, const std::optional<Tensor>& beta,
+                              double eps, void* out, void* mean, void* rstd) {
+  return {dw_dtype(y.scalar_type()), y.size(0), y.size(1), y.size(2), y.size(3), y.const_data_ptr(),
+          y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+          gamma.has_value() ? gamma->const_data_ptr() : nullptr, beta.has_value() ? beta->const_data_ptr() : nullptr,
+          eps, out, mean, rstd};
+}
+
+// (out (B, Ho, Wo, C), mean, rstd (B, Ho, Wo)): LayerNorm over C of depthwise_conv2d(x).
+std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, Tensor weight, std::optional<Tensor> bias,
+                                                              std::optional<Tensor> ln_weight,
+                                                              std::optional<Tensor> ln_bias, double eps,
+                                                              int64_t padding) {
+  const Tensor y = depthwise_conv2d(x, weight, bias, padding);
+  check_channel_param(ln_weight, "ln_weight", x);
+  check_channel_param(ln_bias, "ln_bias", x);
+  TK_CHECK(eps >= 0, kOp, "eps must be >= 0, got ", eps);
+  TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
+  const int64_t B = y.size(0), C = y.size(1), Ho = y.size(2), Wo = y.size(3);
+  const auto gamma = ln_weight.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_weight)) : std::nullopt;
+  const auto beta = ln_bias.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_bias)) : std::nullopt;
+  Tensor out = ts::new_empty(x, {B, Ho, Wo, C});
+  Tensor mean = ts::new_empty(x, {B, Ho, Wo}, acc_dtype(x.scalar_type()));
+  Tensor rstd = ts::new_empty(x, {B, Ho, Wo}, acc_dtype(x.scalar_type()));
+  if (out.numel() > 0)
+    cpu::channel_layernorm_forward(norm_params(y, gamma, beta, eps, out.mutable_data_ptr(), mean.mutable_data_ptr(),
+                                               rstd.mutable_data_ptr()));
+  return {out, mean, rstd};
+}
+
+// Gradients of x, weight, bias, ln_weight, ln_bias (each (0,) when not needed). The convolution
+// output is recomputed rather than saved.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm_backward(
+    Tensor grad_out, Tensor x, Tensor weight, std::optional<Tensor> bias, std::optional<Tensor> ln_weight,
+    Tensor mean, Tensor rstd, int64_t padding, bool need_x, bool need_weight, bool need_bias, bool need_ln_weight,
+    bool need_ln_bias) {
+  const Tensor y = depthwise_conv2d(x, weight, bias, padding);
+  check_channel_param(ln_weight, "ln_weight", x);
+  TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
+  const int64_t B = y.size(0), C = y.size(1), Ho = y.size(2), Wo = y.size(3);
+  check_same(kOp, grad_out, "grad_out", x, "x");
+  TK_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == Ho && grad_out.size(2) == Wo &&
+               grad_out.size(3) == C,
+           kOp, "grad_out must have shape (", B, ", ", Ho, ", ", Wo, ", ", C, "), got ", shape_str(grad_out));
+  for (const Tensor* t : {&mean, &rstd})
+    TK_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == Ho && t->size(2) == Wo &&
+                 t->scalar_type() == acc_dtype(x.scalar_type()),
+             kOp, "mean and rstd must be the forward's (", B, ", ", Ho, ", ", Wo, ") statistics, got ", shape_str(*t));
+  const auto gamma = ln_weight.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_weight)) : std::nullopt;
+  const Tensor go = ts::contiguous(grad_out), m = ts::contiguous(mean), r = ts::contiguous(rstd);
+  auto empty0 = [&] { return ts::new_empty(x, {0}); };
+  Tensor dy = ts::new_empty(x, {B, Ho, Wo, C});
+  Tensor glnw = need_ln_weight && gamma ? ts::new_empty(x, {C}) : empty0();
+  Tensor glnb = need_ln_bias ? ts::new_empty(x, {C}) : empty0();
+  if (dy.numel() == 0) {
+    if (glnw.numel()) ts::zero_(glnw);
+    if (glnb.numel()) ts::zero_(glnb);
+  } else {
+    cpu::channel_layernorm_backward({norm_params(y, gamma, std::nullopt, 0.0, nullptr,
+                                                 const_cast<void*>(m.const_data_ptr()),
+                                                 const_cast<void*>(r.const_data_ptr())),
+                                     go.const_data_ptr(), dy.mutable_data_ptr(),
+                                     glnw.numel() ? glnw.mutable_data_ptr() : nullptr,
+                                     glnb.numel() ? glnb.mutable_data_ptr() : nullptr});
+  }
+  const Tensor dy_nchw = ts::permute(dy, {0, 3, 1, 2});  // channels_last view of the conv output's grad
+  Tensor gx = need_x ? depthwise_conv2d_backward_input(dy_nchw, weight, padding, is_channels_last(x)) : empty0();
+  Tensor gw = empty0(), gb = empty0();
+  if (need_weight || need_bias) {
+    std::tie(gw, gb) = depthwise_conv2d_backward_weight(dy_nchw, x, weight.size(2), padding, need_bias);
+    if (!need_weight) gw = empty0();
+  }
+  return {gx, gw, gb, glnw, glnb};
+}
+
 }  // namespace
 }  // namespace taskkernels
 
@@ -175,12 +263,21 @@ STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
   m.def(
       "depthwise_conv2d_backward_weight(Tensor grad_out, Tensor x, int kernel_size, int padding, bool need_bias) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_layernorm(Tensor x, Tensor weight, Tensor? bias, Tensor? ln_weight, Tensor? ln_bias, "
+      "float eps, int padding) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_layernorm_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, "
+      "Tensor? ln_weight, Tensor mean, Tensor rstd, int padding, bool need_x, bool need_weight, bool need_bias, "
+      "bool need_ln_weight, bool need_ln_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {
   m.impl("depthwise_conv2d", TORCH_BOX(&taskkernels::depthwise_conv2d));
   m.impl("depthwise_conv2d_backward_input", TORCH_BOX(&taskkernels::depthwise_conv2d_backward_input));
   m.impl("depthwise_conv2d_backward_weight", TORCH_BOX(&taskkernels::depthwise_conv2d_backward_weight));
+  m.impl("depthwise_conv2d_layernorm", TORCH_BOX(&taskkernels::depthwise_conv2d_layernorm));
+  m.impl("depthwise_conv2d_layernorm_backward", TORCH_BOX(&taskkernels::depthwise_conv2d_layernorm_backward));
 }
 
 #ifdef TASKKERNELS_WITH_CUDA

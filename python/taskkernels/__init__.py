@@ -11,7 +11,7 @@ from . import _C
 from ._cuda import cuda_unavailable_reason
 from .ops.attention import attention, attention_with_lse
 from .ops.ctc_loss import ctc_loss, ctc_loss_from_logits
-from .ops.depthwise_conv2d import depthwise_conv2d
+from .ops.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_layernorm
 from .ops.hungarian_match import hungarian_cost, hungarian_match
 from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment
 from .ops.patch_embed import patch_embed
@@ -38,6 +38,7 @@ __all__ = [
     "ctc_loss_from_logits",
     "cuda_unavailable_reason",
     "depthwise_conv2d",
+    "depthwise_conv2d_layernorm",
     "hungarian_cost",
     "hungarian_match",
     "linear_sum_assignment",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "depthwise_conv2d", "patch_embed"]
+__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "depthwise_conv2d", "depthwise_conv2d_layernorm", "patch_embed"]
 
 
 def patch_embed(
@@ -101,3 +101,10 @@ def depthwise_conv2d(x, weight, bias=None, padding=None):
     """Reference of :func:`taskkernels.depthwise_conv2d`: ``F.conv2d`` with groups = C."""
     padding = (weight.shape[-1] - 1) // 2 if padding is None else padding
     return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
+def depthwise_conv2d_layernorm(x, weight, bias, ln_weight, ln_bias, eps=1e-6, padding=None):
+    """Reference of :func:`taskkernels.depthwise_conv2d_layernorm`: HF ConvNeXt's dwconv, permute,
+    LayerNorm."""
+    y = depthwise_conv2d(x, weight, bias, padding).permute(0, 2, 3, 1)
+    return F.layer_norm(y, (y.shape[-1],), ln_weight, ln_bias, eps)

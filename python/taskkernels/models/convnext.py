@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.depthwise_conv2d import depthwise_conv2d
+from ..ops.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_layernorm
 
 __all__ = ["ConvNextLayer"]
 
@@ -26,9 +26,9 @@ class ConvNextLayer(nn.Module):
 
     Same constructor (a ``ConvNextConfig``, ``dim``, ``drop_path``), parameters and state-dict
     keys (``dwconv``, ``layernorm``, ``pwconv1``, ``pwconv2``, ``layer_scale_parameter``). The
-    depthwise convolution runs on ``taskkernels.depthwise_conv2d``, which keeps channels_last
-    inputs channels_last, so the permute to (N, H, W, C) that follows is free for them. (The fused
-    depthwise + LayerNorm op the issue plans is not written yet; the LayerNorm is PyTorch's.)
+    block's front (depthwise 7x7 + LayerNorm over channels) is one
+    ``taskkernels.depthwise_conv2d_layernorm`` call on the CPU; on CUDA, until that op has its
+    kernel, ``taskkernels.depthwise_conv2d`` followed by PyTorch's LayerNorm.
     """
 
     def __init__(self, config, dim: int, drop_path: float = 0.0):
@@ -56,10 +56,13 @@ class ConvNextLayer(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         residual = features
-        x = depthwise_conv2d(features, self.dwconv.weight, self.dwconv.bias, padding=3)
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.layernorm.normalized_shape, self.layernorm.weight, self.layernorm.bias,
-                         self.layernorm.eps)
+        norm = self.layernorm
+        if features.device.type == "cpu":
+            x = depthwise_conv2d_layernorm(features, self.dwconv.weight, self.dwconv.bias, norm.weight, norm.bias,
+                                           norm.eps, padding=3)
+        else:
+            x = depthwise_conv2d(features, self.dwconv.weight, self.dwconv.bias, padding=3).permute(0, 2, 3, 1)
+            x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         x = self.pwconv2(self.act(self.pwconv1(x)))
         if self.layer_scale_parameter is not None:
             x = self.layer_scale_parameter * x

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["depthwise_conv2d"]
+__all__ = ["depthwise_conv2d", "depthwise_conv2d_layernorm"]
 
 _MAX_K = 31
 
@@ -109,3 +109,77 @@ def _backward(ctx, grad_out):
 
 
 torch.library.register_autograd("taskkernels::depthwise_conv2d", _backward, setup_context=_setup_context)
+
+
+def depthwise_conv2d_layernorm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ln_weight: Tensor | None,
+    ln_bias: Tensor | None,
+    eps: float = 1e-6,
+    padding: int | None = None,
+) -> Tensor:
+    """ConvNeXt's block front in one op: ``F.layer_norm(depthwise_conv2d(x, weight, bias,
+    padding).permute(0, 2, 3, 1), (C,), ln_weight, ln_bias, eps)``.
+
+    Args:
+        x, weight, bias, padding: as :func:`depthwise_conv2d`.
+        ln_weight, ln_bias: (C,) or None, the LayerNorm's affine parameters (x's dtype).
+        eps: the LayerNorm's epsilon (ConvNeXt: 1e-6).
+
+    Returns:
+        (B, H', W', C) contiguous, what ConvNeXt's Linear layers read.
+
+    Gradients for every tensor argument through ``depthwise_conv2d_layernorm_backward``, which
+    recomputes the convolution instead of keeping its output; the parameter gradients are summed in
+    a fixed order. CPU only for now (a CUDA call raises and says so).
+    """
+    if padding is None:
+        K = weight.shape[-1] if weight.dim() == 4 else 0
+        if K % 2 == 0:
+            raise RuntimeError(f"taskkernels.depthwise_conv2d: padding=None ('same') needs an odd kernel size, got weight of shape {tuple(weight.shape)}")
+        padding = (K - 1) // 2
+    return torch.ops.taskkernels.depthwise_conv2d_layernorm(x, weight, bias, ln_weight, ln_bias, float(eps), int(padding))[0]
+
+
+@torch.library.register_fake("taskkernels::depthwise_conv2d_layernorm")
+def _fused_fake(x, weight, bias, ln_weight, ln_bias, eps, padding):
+    K = _check(x, weight, padding)
+    B, C, H, W = x.shape
+    Ho, Wo = H + 2 * padding - K + 1, W + 2 * padding - K + 1
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((B, Ho, Wo, C)), x.new_empty((B, Ho, Wo), dtype=acc), x.new_empty((B, Ho, Wo), dtype=acc)
+
+
+@torch.library.register_fake("taskkernels::depthwise_conv2d_layernorm_backward")
+def _fused_backward_fake(grad_out, x, weight, bias, ln_weight, mean, rstd, padding, need_x, need_weight, need_bias,
+                         need_ln_weight, need_ln_bias):
+    C = x.shape[1]
+    K = weight.shape[-1]
+
+    def maybe(need, shape, like=None):
+        return (like if like is not None else x).new_empty(shape if need else (0,))
+
+    gx = x.new_empty(x.shape).to(memory_format=torch.channels_last) if need_x and _is_channels_last(x) else maybe(need_x, x.shape)
+    return (gx, maybe(need_weight, (C, 1, K, K)), maybe(need_bias, (C,)),
+            maybe(need_ln_weight and ln_weight is not None, (C,)), maybe(need_ln_bias, (C,)))
+
+
+def _fused_setup_context(ctx, inputs, output):
+    x, weight, bias, ln_weight, ln_bias, eps, padding = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, ln_weight, mean, rstd)
+    ctx.padding = padding
+    ctx.need = tuple(t is not None and t.requires_grad for t in (x, weight, bias, ln_weight, ln_bias))
+
+
+def _fused_backward(ctx, grad_out, grad_mean, grad_rstd):
+    x, weight, bias, ln_weight, mean, rstd = ctx.saved_tensors
+    grads = torch.ops.taskkernels.depthwise_conv2d_layernorm_backward(
+        grad_out.contiguous(), x, weight, bias, ln_weight, mean, rstd, ctx.padding, *ctx.need)
+    return tuple(g if need else None for g, need in zip(grads, ctx.need)) + (None, None)
+
+
+torch.library.register_autograd("taskkernels::depthwise_conv2d_layernorm", _fused_backward,
+                                setup_context=_fused_setup_context)
