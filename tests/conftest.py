@@ -1,7 +1,14 @@
 """Shared test helpers: devices, dtypes and the tolerance rule, stated once."""
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# torch.compile's on-disk cache outlives a rebuild of this package; a compiled graph from before an
+# op's schema changed would be reused. Each test session compiles into its own directory.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="taskkernels-inductor-"))
 
 import taskkernels
 

@@ -26,22 +26,36 @@ void dispatch(DwDType t, F&& f) {
   }
 }
 
-// Pixel i = (b, h, w) of y: its C values in the accumulation type.
+// Pixel i = (b, h, w) of y: its C values in the accumulation type (a straight copy when the
+// channels are contiguous, as they are for the channels-last convolution output).
 template <class T, class A>
 void load_pixel(const ChannelNormParams& p, int64_t i, A* v) {
   const int64_t hw = p.H * p.W, b = i / hw, h = (i % hw) / p.W, w = i % p.W;
   const T* y = static_cast<const T*>(p.y) + b * p.sB + h * p.sH + w * p.sW;
-  for (int64_t c = 0; c < p.C; ++c) v[c] = static_cast<A>(y[c * p.sC]);
+  if (p.sC == 1) {
+    for (int64_t c = 0; c < p.C; ++c) v[c] = static_cast<A>(y[c]);
+  } else {
+    for (int64_t c = 0; c < p.C; ++c) v[c] = static_cast<A>(y[c * p.sC]);
+  }
+}
+
+// Sum of n values in 8 interleaved partial sums (vectorizable, and not one long dependency
+// chain), folded in a fixed order.
+template <class A>
+A lane_sum(const A* v, int64_t n) {
+  A part[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int i = 0; i < 8; ++i) part[i] += v[c + i];
+  for (int i = 0; c < n; ++c, ++i) part[i] += v[c];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
 template <class A>
-void moments(const A* v, int64_t C, double eps, A* mean, A* rstd) {
-  A m = 0;
-  for (int64_t c = 0; c < C; ++c) m += v[c];
-  m /= static_cast<A>(C);
-  A var = 0;
-  for (int64_t c = 0; c < C; ++c) var += (v[c] - m) * (v[c] - m);
-  var /= static_cast<A>(C);
+void moments(A* v, A* tmp, int64_t C, double eps, A* mean, A* rstd) {
+  const A m = lane_sum(v, C) / static_cast<A>(C);
+  for (int64_t c = 0; c < C; ++c) tmp[c] = (v[c] - m) * (v[c] - m);
+  const A var = lane_sum(tmp, C) / static_cast<A>(C);
   *mean = m;
   *rstd = static_cast<A>(1.0 / std::sqrt(static_cast<double>(var) + eps));
 }
@@ -51,21 +65,21 @@ void forward(const ChannelNormParams& p) {
   const int64_t N = p.B * p.H * p.W, C = p.C;
   const T* gamma = static_cast<const T*>(p.gamma);
   const T* beta = static_cast<const T*>(p.beta);
+  std::vector<A> g(C, A(1)), bt(C, A(0));
+  for (int64_t c = 0; c < C; ++c) {
+    if (gamma) g[c] = static_cast<A>(gamma[c]);
+    if (beta) bt[c] = static_cast<A>(beta[c]);
+  }
   torch::stable::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    std::vector<A> v(C);
+    std::vector<A> v(C), tmp(C);
     for (int64_t i = begin; i < end; ++i) {
       load_pixel<T, A>(p, i, v.data());
       A m, r;
-      moments(v.data(), C, p.eps, &m, &r);
+      moments(v.data(), tmp.data(), C, p.eps, &m, &r);
       static_cast<A*>(p.mean)[i] = m;
       static_cast<A*>(p.rstd)[i] = r;
       T* out = static_cast<T*>(p.out) + i * C;
-      for (int64_t c = 0; c < C; ++c) {
-        A o = (v[c] - m) * r;
-        if (gamma) o *= static_cast<A>(gamma[c]);
-        if (beta) o += static_cast<A>(beta[c]);
-        out[c] = static_cast<T>(o);
-      }
+      for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>((v[c] - m) * r * g[c] + bt[c]);
     }
   });
 }
@@ -77,8 +91,11 @@ void backward(const ChannelNormBackwardParams& g) {
   const T* gamma = static_cast<const T*>(p.gamma);
   const bool params = g.ggamma || g.gbeta;
   std::vector<A> partial(params ? chunks * 2 * C : 0);
+  std::vector<A> gm(C, A(1));
+  if (gamma)
+    for (int64_t c = 0; c < C; ++c) gm[c] = static_cast<A>(gamma[c]);
   torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> v(C), gw(C);
+    std::vector<A> v(C), gw(C), t(C);
     for (int64_t k = begin; k < end; ++k) {
       A* pg = params ? partial.data() + k * 2 * C : nullptr;
       if (pg)
@@ -87,21 +104,19 @@ void backward(const ChannelNormBackwardParams& g) {
         load_pixel<T, A>(p, i, v.data());
         const A m = static_cast<const A*>(p.mean)[i], r = static_cast<const A*>(p.rstd)[i];
         const T* go = static_cast<const T*>(g.grad_out) + i * C;
-        A c1 = 0, c2 = 0;
         for (int64_t c = 0; c < C; ++c) {
-          const A xhat = (v[c] - m) * r, gc = static_cast<A>(go[c]);
-          gw[c] = gamma ? gc * static_cast<A>(gamma[c]) : gc;
-          c1 += gw[c] * xhat;
-          c2 += gw[c];
+          v[c] = (v[c] - m) * r;  // xhat from here on
+          const A gc = static_cast<A>(go[c]);
+          gw[c] = gc * gm[c];
+          t[c] = gw[c] * v[c];
           if (pg) {
-            pg[c] += gc * xhat;
+            pg[c] += gc * v[c];
             pg[C + c] += gc;
           }
         }
-        c1 /= static_cast<A>(C);
-        c2 /= static_cast<A>(C);
+        const A c1 = lane_sum(t.data(), C) / static_cast<A>(C), c2 = lane_sum(gw.data(), C) / static_cast<A>(C);
         T* dy = static_cast<T*>(g.dy) + i * C;
-        for (int64_t c = 0; c < C; ++c) dy[c] = static_cast<T>(r * (gw[c] - c2 - (v[c] - m) * r * c1));
+        for (int64_t c = 0; c < C; ++c) dy[c] = static_cast<T>(r * (gw[c] - c2 - v[c] * c1));
       }
     }
   });

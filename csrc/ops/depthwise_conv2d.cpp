@@ -85,10 +85,10 @@ void run_forward(const DwConvParams& p, const Tensor& x) {
 #endif
 }
 
-// y = conv(x, weight) + bias, 'same'-sized for padding = (K - 1) / 2.
-Tensor depthwise_conv2d(Tensor x, Tensor weight, std::optional<Tensor> bias, int64_t padding) {
+// The forward's checks; returns K.
+int64_t check_forward(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t padding) {
   check_x(x, "x");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K = check_weight(weight, x, C);
   check_padding(padding, K);
   if (bias.has_value()) {
@@ -96,17 +96,27 @@ Tensor depthwise_conv2d(Tensor x, Tensor weight, std::optional<Tensor> bias, int
     TK_CHECK(bias->dim() == 1 && bias->size(0) == C, kOp, "bias must have shape (C,) = (", C, ",), got ",
              shape_str(*bias));
   }
-  const int64_t Ho = H + 2 * padding - K + 1, Wo = W + 2 * padding - K + 1;
-  TK_CHECK(Ho >= 1 && Wo >= 1, kOp, "x of shape ", shape_str(x), " is smaller than the kernel (K = ", K,
-           ", padding = ", padding, ")");
-  const bool cl = is_channels_last(x);
-  Tensor y = cl ? new_channels_last(x, B, C, Ho, Wo) : ts::new_empty(x, {B, C, Ho, Wo});
-  if (y.numel() == 0) return y;
+  TK_CHECK(H + 2 * padding - K + 1 >= 1 && W + 2 * padding - K + 1 >= 1, kOp, "x of shape ", shape_str(x),
+           " is smaller than the kernel (K = ", K, ", padding = ", padding, ")");
+  return K;
+}
+
+// Runs the convolution into y (allocated by the caller in the layout `channels_last` says).
+void convolve(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t K, int64_t padding,
+              bool channels_last, void* y) {
   const Tensor w = ts::contiguous(weight);
   const std::optional<Tensor> b = bias.has_value() ? std::optional<Tensor>(ts::contiguous(*bias)) : std::nullopt;
-  run_forward(params(x, w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, y.mutable_data_ptr(), K, padding, cl,
-                     false),
+  run_forward(params(x, w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, y, K, padding, channels_last, false),
               x);
+}
+
+// y = conv(x, weight) + bias, 'same'-sized for padding = (K - 1) / 2.
+Tensor depthwise_conv2d(Tensor x, Tensor weight, std::optional<Tensor> bias, int64_t padding) {
+  const int64_t K = check_forward(x, weight, bias, padding);
+  const int64_t B = x.size(0), C = x.size(1), Ho = x.size(2) + 2 * padding - K + 1, Wo = x.size(3) + 2 * padding - K + 1;
+  const bool cl = is_channels_last(x);
+  Tensor y = cl ? new_channels_last(x, B, C, Ho, Wo) : ts::new_empty(x, {B, C, Ho, Wo});
+  if (y.numel() > 0) convolve(x, weight, bias, K, padding, cl, y.mutable_data_ptr());
   return y;
 }
 
@@ -187,17 +197,25 @@ ChannelNormParams norm_params(const Tensor& y, const std::optional<Tensor>& gamm
           eps, out, mean, rstd};
 }
 
-// (out (B, Ho, Wo, C), mean, rstd (B, Ho, Wo)): LayerNorm over C of depthwise_conv2d(x).
-std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, Tensor weight, std::optional<Tensor> bias,
-                                                              std::optional<Tensor> ln_weight,
-                                                              std::optional<Tensor> ln_bias, double eps,
-                                                              int64_t padding) {
-  const Tensor y = depthwise_conv2d(x, weight, bias, padding);
+// (out (B, Ho, Wo, C), conv (B, Ho, Wo, C): the convolution's output, kept for the backward,
+// mean, rstd (B, Ho, Wo)): LayerNorm over C of depthwise_conv2d(x). The convolution runs
+// channels-last (x is converted once when it is NCHW), so each pixel's channels are contiguous.
+std::tuple<Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, Tensor weight,
+                                                                      std::optional<Tensor> bias,
+                                                                      std::optional<Tensor> ln_weight,
+                                                                      std::optional<Tensor> ln_bias, double eps,
+                                                                      int64_t padding) {
+  const int64_t K = check_forward(x, weight, bias, padding);
   check_channel_param(ln_weight, "ln_weight", x);
   check_channel_param(ln_bias, "ln_bias", x);
   TK_CHECK(eps >= 0, kOp, "eps must be >= 0, got ", eps);
   TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
-  const int64_t B = y.size(0), C = y.size(1), Ho = y.size(2), Wo = y.size(3);
+  const int64_t B = x.size(0), C = x.size(1), Ho = x.size(2) + 2 * padding - K + 1, Wo = x.size(3) + 2 * padding - K + 1;
+  // The channels-last kernel needs unit channel stride; it writes conv as (B, Ho, Wo, C).
+  const Tensor xc = x.stride(1) == 1 || C == 1 ? x : as_channels_last(x);
+  Tensor conv = ts::new_empty(x, {B, Ho, Wo, C});
+  if (conv.numel() > 0) convolve(xc, weight, bias, K, padding, true, conv.mutable_data_ptr());
+  const Tensor y = ts::permute(conv, {0, 3, 1, 2});
   const auto gamma = ln_weight.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_weight)) : std::nullopt;
   const auto beta = ln_bias.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_bias)) : std::nullopt;
   Tensor out = ts::new_empty(x, {B, Ho, Wo, C});
@@ -206,19 +224,24 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, Tensor w
   if (out.numel() > 0)
     cpu::channel_layernorm_forward(norm_params(y, gamma, beta, eps, out.mutable_data_ptr(), mean.mutable_data_ptr(),
                                                rstd.mutable_data_ptr()));
-  return {out, mean, rstd};
+  return {out, conv, mean, rstd};
 }
 
-// Gradients of x, weight, bias, ln_weight, ln_bias (each (0,) when not needed). The convolution
-// output is recomputed rather than saved.
+// Gradients of x, weight, bias, ln_weight, ln_bias (each (0,) when not needed), from the
+// forward's saved convolution output `conv` (B, Ho, Wo, C) and statistics.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm_backward(
-    Tensor grad_out, Tensor x, Tensor weight, std::optional<Tensor> bias, std::optional<Tensor> ln_weight,
-    Tensor mean, Tensor rstd, int64_t padding, bool need_x, bool need_weight, bool need_bias, bool need_ln_weight,
-    bool need_ln_bias) {
-  const Tensor y = depthwise_conv2d(x, weight, bias, padding);
+    Tensor grad_out, Tensor x, Tensor weight, std::optional<Tensor> ln_weight, Tensor conv, Tensor mean, Tensor rstd,
+    int64_t padding, bool need_x, bool need_weight, bool need_bias, bool need_ln_weight, bool need_ln_bias) {
+  check_x(x, "x");
+  const int64_t C = x.size(1), K = check_weight(weight, x, C);
+  check_padding(padding, K);
   check_channel_param(ln_weight, "ln_weight", x);
   TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
-  const int64_t B = y.size(0), C = y.size(1), Ho = y.size(2), Wo = y.size(3);
+  check_same(kOp, conv, "conv", x, "x");
+  const int64_t B = x.size(0), Ho = x.size(2) + 2 * padding - K + 1, Wo = x.size(3) + 2 * padding - K + 1;
+  TK_CHECK(conv.dim() == 4 && conv.size(0) == B && conv.size(1) == Ho && conv.size(2) == Wo && conv.size(3) == C, kOp,
+           "conv must be the forward's (", B, ", ", Ho, ", ", Wo, ", ", C, ") convolution output, got ", shape_str(conv));
+  const Tensor y = ts::permute(ts::contiguous(conv), {0, 3, 1, 2});
   check_same(kOp, grad_out, "grad_out", x, "x");
   TK_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == Ho && grad_out.size(2) == Wo &&
                grad_out.size(3) == C,
@@ -265,10 +288,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
       "-> (Tensor, Tensor)");
   m.def(
       "depthwise_conv2d_layernorm(Tensor x, Tensor weight, Tensor? bias, Tensor? ln_weight, Tensor? ln_bias, "
-      "float eps, int padding) -> (Tensor, Tensor, Tensor)");
+      "float eps, int padding) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "depthwise_conv2d_layernorm_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, "
-      "Tensor? ln_weight, Tensor mean, Tensor rstd, int padding, bool need_x, bool need_weight, bool need_bias, "
+      "depthwise_conv2d_layernorm_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? ln_weight, "
+      "Tensor conv, Tensor mean, Tensor rstd, int padding, bool need_x, bool need_weight, bool need_bias, "
       "bool need_ln_weight, bool need_ln_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

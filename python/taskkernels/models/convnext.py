@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_layernorm
+from ..ops.depthwise_conv2d import depthwise_conv2d
 
 __all__ = ["ConvNextLayer"]
 
@@ -26,9 +26,10 @@ class ConvNextLayer(nn.Module):
 
     Same constructor (a ``ConvNextConfig``, ``dim``, ``drop_path``), parameters and state-dict
     keys (``dwconv``, ``layernorm``, ``pwconv1``, ``pwconv2``, ``layer_scale_parameter``). The
-    block's front (depthwise 7x7 + LayerNorm over channels) is one
-    ``taskkernels.depthwise_conv2d_layernorm`` call on the CPU; on CUDA, until that op has its
-    kernel, ``taskkernels.depthwise_conv2d`` followed by PyTorch's LayerNorm.
+    depthwise 7x7 runs on ``taskkernels.depthwise_conv2d`` (channels_last inputs stay
+    channels_last, so the permute after it is free for them), then PyTorch's LayerNorm. The fused
+    ``depthwise_conv2d_layernorm`` is not used yet: on this CPU it is still slower than these two
+    ops (README), and it has no CUDA kernel.
     """
 
     def __init__(self, config, dim: int, drop_path: float = 0.0):
@@ -57,12 +58,8 @@ class ConvNextLayer(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         residual = features
         norm = self.layernorm
-        if features.device.type == "cpu":
-            x = depthwise_conv2d_layernorm(features, self.dwconv.weight, self.dwconv.bias, norm.weight, norm.bias,
-                                           norm.eps, padding=3)
-        else:
-            x = depthwise_conv2d(features, self.dwconv.weight, self.dwconv.bias, padding=3).permute(0, 2, 3, 1)
-            x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = depthwise_conv2d(features, self.dwconv.weight, self.dwconv.bias, padding=3).permute(0, 2, 3, 1)
+        x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         x = self.pwconv2(self.act(self.pwconv1(x)))
         if self.layer_scale_parameter is not None:
             x = self.layer_scale_parameter * x

@@ -131,9 +131,9 @@ def depthwise_conv2d_layernorm(
     Returns:
         (B, H', W', C) contiguous, what ConvNeXt's Linear layers read.
 
-    Gradients for every tensor argument through ``depthwise_conv2d_layernorm_backward``, which
-    recomputes the convolution instead of keeping its output; the parameter gradients are summed in
-    a fixed order. CPU only for now (a CUDA call raises and says so).
+    Gradients for every tensor argument through ``depthwise_conv2d_layernorm_backward`` (from the
+    convolution output and LayerNorm statistics the forward keeps); the parameter gradients are
+    summed in a fixed order. CPU only for now (a CUDA call raises and says so).
     """
     if padding is None:
         K = weight.shape[-1] if weight.dim() == 4 else 0
@@ -149,11 +149,12 @@ def _fused_fake(x, weight, bias, ln_weight, ln_bias, eps, padding):
     B, C, H, W = x.shape
     Ho, Wo = H + 2 * padding - K + 1, W + 2 * padding - K + 1
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return x.new_empty((B, Ho, Wo, C)), x.new_empty((B, Ho, Wo), dtype=acc), x.new_empty((B, Ho, Wo), dtype=acc)
+    return (x.new_empty((B, Ho, Wo, C)), x.new_empty((B, Ho, Wo, C)), x.new_empty((B, Ho, Wo), dtype=acc),
+            x.new_empty((B, Ho, Wo), dtype=acc))
 
 
 @torch.library.register_fake("taskkernels::depthwise_conv2d_layernorm_backward")
-def _fused_backward_fake(grad_out, x, weight, bias, ln_weight, mean, rstd, padding, need_x, need_weight, need_bias,
+def _fused_backward_fake(grad_out, x, weight, ln_weight, conv, mean, rstd, padding, need_x, need_weight, need_bias,
                          need_ln_weight, need_ln_bias):
     C = x.shape[1]
     K = weight.shape[-1]
@@ -168,16 +169,16 @@ def _fused_backward_fake(grad_out, x, weight, bias, ln_weight, mean, rstd, paddi
 
 def _fused_setup_context(ctx, inputs, output):
     x, weight, bias, ln_weight, ln_bias, eps, padding = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, weight, bias, ln_weight, mean, rstd)
+    _, conv, mean, rstd = output
+    ctx.save_for_backward(x, weight, ln_weight, conv, mean, rstd)
     ctx.padding = padding
     ctx.need = tuple(t is not None and t.requires_grad for t in (x, weight, bias, ln_weight, ln_bias))
 
 
-def _fused_backward(ctx, grad_out, grad_mean, grad_rstd):
-    x, weight, bias, ln_weight, mean, rstd = ctx.saved_tensors
+def _fused_backward(ctx, grad_out, grad_conv, grad_mean, grad_rstd):
+    x, weight, ln_weight, conv, mean, rstd = ctx.saved_tensors
     grads = torch.ops.taskkernels.depthwise_conv2d_layernorm_backward(
-        grad_out.contiguous(), x, weight, bias, ln_weight, mean, rstd, ctx.padding, *ctx.need)
+        grad_out.contiguous(), x, weight, ln_weight, conv, mean, rstd, ctx.padding, *ctx.need)
     return tuple(g if need else None for g, need in zip(grads, ctx.need)) + (None, None)
 
 
