@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dropout.h"
 #include "cpu/ctc_loss.h"
 #include "ops/common.h"
 #include "cpu/linear_sum_assignment.h"
@@ -79,6 +80,17 @@ py::tuple linear_sum_assignment(py::array_t<double, py::array::forcecast> cost, 
   return py::make_tuple(py::array_t<int64_t>(r.size(), r.data()), py::array_t<int64_t>(c.size(), c.data()));
 }
 
+// The attention dropout keep-mask (B, H, Nq, Nk) the kernels draw from `seed` (for tests).
+py::array_t<bool> attention_dropout_keep(int64_t seed, int64_t B, int64_t H, int64_t Nq, int64_t Nk, double p) {
+  py::array_t<bool> out({B, H, Nq, Nk});
+  bool* o = out.mutable_data();
+  const uint32_t threshold = taskkernels::dropout_threshold(p);
+  const int64_t n = B * H * Nq * Nk;
+  for (int64_t i = 0; i < n; ++i)
+    o[i] = taskkernels::dropout_keep(static_cast<uint64_t>(seed), threshold, static_cast<uint64_t>(i));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -92,6 +104,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_disable_cuda", &taskkernels::disable_cuda, py::arg("reason"),
         "Make every CUDA op raise with this reason (set at import when torch's CUDA major differs "
         "from the build's); an empty reason enables them again.");
+  m.def("_attention_dropout_keep", &attention_dropout_keep, py::arg("seed"), py::arg("B"), py::arg("H"),
+        py::arg("Nq"), py::arg("Nk"), py::arg("p"),
+        "The keep-mask attention dropout draws from this seed, as a (B, H, Nq, Nk) bool array (tests).");
   m.def("_ctc_log_space_fallbacks", &taskkernels::cpu::ctc_log_space_fallbacks,
         "How many sequences the CPU CTC loss computed on its log-space path since import (tests).");
 }

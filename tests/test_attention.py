@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import taskkernels
 from taskkernels import reference
-from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, run_portable_cpu_build
+from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, requires_cuda, run_portable_cpu_build
 
 # (B, H, Nq, Nk, D): self-attention at odd sizes, cross-attention both ways, one query (decode).
 SHAPES = [
@@ -277,5 +277,113 @@ def test_portable_cpu_build_agrees():
         ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
         err = max([(out.double() - ref).abs().max().item()] + [(a.double() - b).abs().max().item() for a, b in zip(grads, ref_grads)])
         assert err < 1e-4, err
+        # dropout in the portable copy: the same mask as the one the tests build
+        seed = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(9)))
+        keep = torch.from_numpy(taskkernels._C._attention_dropout_keep(seed, 2, 3, 33, 70, 0.3))
+        out = taskkernels.attention(q, k, v, causal=True, dropout_p=0.3, generator=torch.Generator().manual_seed(9))
+        ref = reference.attention(q.double(), k.double(), v.double(), causal=True, dropout_p=0.3, dropout_keep=keep)
+        err = (out.double() - ref).abs().max().item()
+        assert err < 1e-4, err
         print("ok", err)
     """)
+
+
+# ---- attention dropout ---------------------------------------------------------------------------
+
+
+def _dropout_keep(generator_seed, B, H, Nq, Nk, p):
+    """The keep-mask taskkernels.attention draws with torch.Generator().manual_seed(generator_seed)."""
+    seed = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(generator_seed)))
+    return torch.from_numpy(taskkernels._C._attention_dropout_keep(seed, B, H, Nq, Nk, p))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("features", ["plain", "causal+padding", "bias"])
+def test_dropout_matches_reference_given_the_mask(dtype, features):
+    """Forward and backward against the reference applying the same keep-mask (the mask is
+    replayed in the backward from the seed, nothing stored)."""
+    B, H, Nq, Nk, D, p = 2, 3, 45, 70, 24, 0.25
+    q, k, v = (torch.randn(B, H, n, D, dtype=dtype, requires_grad=True) for n in (Nq, Nk, Nk))
+    kw = {}
+    if features == "causal+padding":
+        kw = dict(causal=True, key_padding_mask=torch.rand(B, Nk) < 0.2)
+    elif features == "bias":
+        kw = dict(attn_bias=torch.randn(1, H, Nq, Nk, dtype=dtype, requires_grad=True))
+    out = taskkernels.attention(q, k, v, dropout_p=p, generator=torch.Generator().manual_seed(7), **kw)
+    keep = _dropout_keep(7, B, H, Nq, Nk, p)
+    leaves = [q, k, v] + ([kw["attn_bias"]] if "attn_bias" in kw else [])
+    exact = [t.detach().double().requires_grad_() for t in leaves]
+    ref_kw = dict(kw, attn_bias=exact[3]) if "attn_bias" in kw else kw
+    ref = reference.attention(*exact[:3], dropout_p=p, dropout_keep=keep, **ref_kw)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=tol * ref.abs().max().item())
+    grad = torch.randn_like(ref)
+    for name, a, b in zip(("q", "k", "v", "bias"), torch.autograd.grad(out, leaves, grad.to(dtype)),
+                          torch.autograd.grad(ref, exact, grad)):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=tol * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+def test_dropout_mask_statistics():
+    """About 1 - p kept, independent of position, different seeds give different masks."""
+    shape = (2, 4, 128, 256)
+    n = 2 * 4 * 128 * 256
+    for p in (0.1, 0.5):
+        keep = _dropout_keep(1, *shape, p).double()
+        sigma = (p * (1 - p) / n) ** 0.5
+        assert abs(keep.mean().item() - (1 - p)) < 5 * sigma
+        # rows, columns and heads each keep the same fraction (no structure in the hash)
+        for dim in (1, 2, 3):
+            per = keep.mean(dim=[d for d in range(4) if d != dim])
+            m = n // keep.shape[dim]
+            assert (per - (1 - p)).abs().max().item() < 6 * (p * (1 - p) / m) ** 0.5
+        centered = keep - keep.mean()
+        neighbour_corr = (centered[..., 1:] * centered[..., :-1]).mean() / centered.var()
+        assert abs(neighbour_corr.item()) < 0.01
+    assert not torch.equal(_dropout_keep(1, *shape, 0.5), _dropout_keep(2, *shape, 0.5))
+
+
+def test_dropout_output_is_unbiased():
+    """The mean over many masks is the output without dropout (1 / (1 - p) rescaling)."""
+    q, k, v = (torch.randn(1, 2, n, 8, dtype=torch.float64) for n in (6, 12, 12))
+    draws = torch.stack([taskkernels.attention(q, k, v, dropout_p=0.3) for _ in range(400)])
+    expected = taskkernels.attention(q, k, v)
+    se = draws.std(0) / 400**0.5
+    assert ((draws.mean(0) - expected).abs() <= 6 * se + 1e-9).all()
+
+
+def test_dropout_seed_replay_and_errors():
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    a = taskkernels.attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(3))
+    b = taskkernels.attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(3))
+    c = taskkernels.attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for bad in (1.0, -0.1):
+        with pytest.raises(RuntimeError, match="dropout_p must be in \\[0, 1\\)"):
+            torch.ops.taskkernels.attention(q, k, v, False, None, None, None, bad, torch.tensor(1))
+    with pytest.raises(RuntimeError, match="dropout_p > 0 needs a seed"):
+        torch.ops.taskkernels.attention(q, k, v, False, None, None, None, 0.1, None)
+    with pytest.raises(RuntimeError, match="seed must be a one-element int64 CPU tensor"):
+        torch.ops.taskkernels.attention(q, k, v, False, None, None, None, 0.1, torch.tensor(1.0))
+
+
+def test_dropout_opcheck_and_compiled_training_step():
+    q, k, v = (torch.randn(2, 2, 20, 16, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(torch.ops.taskkernels.attention.default,
+                          (q, k, v, True, None, None, None, 0.2, torch.tensor(12345)))
+
+    def step(q, k, v):
+        return taskkernels.attention(q, k, v, causal=True, dropout_p=0.2).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    first = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    second = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in first + second)
+    assert not torch.equal(first[0], second[0])  # a new mask every step, not one baked into the graph
+
+
+@requires_cuda
+def test_dropout_on_cuda_says_it_is_not_there_yet():
+    q, k, v = (torch.randn(1, 2, 16, 32, device="cuda", dtype=torch.float16) for _ in range(3))
+    with pytest.raises(RuntimeError, match="attention dropout has no CUDA kernel yet"):
+        taskkernels.attention(q, k, v, dropout_p=0.1)

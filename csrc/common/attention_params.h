@@ -27,6 +27,10 @@ struct AttentionParams {
   int64_t bias_stride[4];
   bool causal;
   double scale;
+  // Attention dropout (common/dropout.h): probabilities kept with 1 - dropout_p and scaled by
+  // 1 / (1 - dropout_p); element (b, h, i, j) keyed by ((b * H + h) * Nq + i) * Nk + j.
+  double dropout_p;
+  uint64_t seed;
   void* out;  // (B, H, Nq, D) contiguous, dtype of q
   void* lse;  // (B, H, Nq) contiguous, float32 (float64 for float64 inputs), natural log
 };

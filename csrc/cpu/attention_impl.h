@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/dropout.h"
 #include "cpu/attention.h"
 
 namespace taskkernels::cpu::TK_ATTN_NS {
@@ -277,6 +278,9 @@ void run(const AttentionParams& p) {
   T* out = static_cast<T*>(p.out);
   A* lse = static_cast<A*>(p.lse);
   const A qscale = static_cast<A>(p.scale) * kLog2e;
+  const bool dropout = p.dropout_p > 0;
+  const uint32_t threshold = dropout_threshold(p.dropout_p);
+  const A keep_scale = dropout ? static_cast<A>(1.0 / (1.0 - p.dropout_p)) : A(1);
 
   // A work item is (b, h, a run of query blocks): K^T and V of the head are converted once per
   // item. Whole heads when there are enough of them to keep every thread busy.
@@ -377,8 +381,12 @@ void run(const AttentionParams& p) {
             }
             const A alpha = m[r] == kNegInf ? A(0) : exp2_neg(m[r] - mnew);
             const A sum = exp_and_sum(s, pr, cols, mnew);
-            l[r] = l[r] * alpha + sum;
+            l[r] = l[r] * alpha + sum;  // the normalizer counts every probability, kept or not
             m[r] = mnew;
+            if (dropout) {
+              const uint64_t base = static_cast<uint64_t>(((b * H + h) * Nq + i) * Nk + k0);
+              for (int64_t c = 0; c < nk; ++c) pr[c] = dropout_keep(p.seed, threshold, base + c) ? pr[c] * keep_scale : A(0);
+            }
             if (alpha != A(1)) {
               A* orow = O.data() + r * Dp;
               for (int64_t d = 0; d < Dp; ++d) orow[d] *= alpha;
@@ -411,6 +419,9 @@ void run_backward(const AttentionBackwardParams& bp) {
   const int64_t B = p.B, H = p.H, Nq = p.Nq, Nk = p.Nk, D = p.D;
   const int64_t Dp = round_up(D, CB), Nqp = round_up(Nq, BQ), shift = Nk - Nq;
   const A scale = static_cast<A>(p.scale), sl = scale * kLog2e;
+  const bool dropout = p.dropout_p > 0;
+  const uint32_t threshold = dropout_threshold(p.dropout_p);
+  const A keep_scale = dropout ? static_cast<A>(1.0 / (1.0 - p.dropout_p)) : A(1);
   const T* qp = static_cast<const T*>(p.q);
   const T* kp = static_cast<const T*>(p.k);
   const T* vp = static_cast<const T*>(p.v);
@@ -501,7 +512,17 @@ void run_backward(const AttentionBackwardParams& bp) {
             exp_row(sr, pn, BK);
             const A di = delta[i];
             const A* dpr = dP.data() + r * BK;
-            for (int64_t c = 0; c < BK; ++c) ds[c] = pn[c] * (dpr[c] - di);
+            if (dropout) {
+              // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP' - delta).
+              const uint64_t base = static_cast<uint64_t>(((b * H + h) * Nq + i) * Nk + k0);
+              for (int64_t c = 0; c < BK; ++c) {
+                const A z = c < nk && dropout_keep(p.seed, threshold, base + c) ? keep_scale : A(0);
+                ds[c] = pn[c] * (dpr[c] * z - di);
+                pn[c] *= z;
+              }
+            } else {
+              for (int64_t c = 0; c < BK; ++c) ds[c] = pn[c] * (dpr[c] - di);
+            }
             if (bp.dbias) {
               A* db = static_cast<A*>(bp.dbias) + (((b * H + h) * Nq) + i) * Nk + k0;
               for (int64_t c = 0; c < nk; ++c) db[c] = ds[c];

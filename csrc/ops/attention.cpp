@@ -70,6 +70,18 @@ Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   return {B, H, Nq, Nk, D};
 }
 
+// The dropout probability and its seed: a 0-dim (or one-element) int64 CPU tensor, drawn from
+// torch's generator by the Python wrapper.
+uint64_t check_dropout(double dropout_p, const std::optional<Tensor>& seed) {
+  TK_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp, "dropout_p must be in [0, 1), got ", dropout_p);
+  if (dropout_p == 0.0) return 0;
+  TK_CHECK(seed.has_value(), kOp, "dropout_p > 0 needs a seed (an int64 CPU tensor)");
+  TK_CHECK(seed->scalar_type() == ScalarType::Long && seed->is_cpu() && seed->numel() == 1, kOp,
+           "seed must be a one-element int64 CPU tensor, got ", dtype_name(seed->scalar_type()), " of shape ",
+           shape_str(*seed), " on ", device_str(*seed));
+  return static_cast<uint64_t>(*static_cast<const int64_t*>(seed->const_data_ptr()));
+}
+
 AttnDType attn_dtype(ScalarType t) {
   switch (t) {
     case ScalarType::Half: return AttnDType::kHalf;
@@ -86,8 +98,11 @@ ScalarType lse_dtype(ScalarType t) {
 // The torch-free parameters of checked arguments (out and lse left for the caller).
 AttentionParams make_params(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v,
                             bool causal, const std::optional<Tensor>& key_padding_mask,
-                            const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+                            const std::optional<Tensor>& attn_bias, std::optional<double> scale,
+                            double dropout_p, const std::optional<Tensor>& seed) {
   AttentionParams p{};
+  p.seed = check_dropout(dropout_p, seed);
+  p.dropout_p = dropout_p;
   p.dtype = attn_dtype(q.scalar_type());
   p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D;
   p.q = q.const_data_ptr(), p.k = k.const_data_ptr(), p.v = v.const_data_ptr();
@@ -121,11 +136,12 @@ struct Prepared {
 
 Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                  const std::optional<Tensor>& key_padding_mask,
-                 const std::optional<Tensor>& attn_bias, std::optional<double> scale) {
+                 const std::optional<Tensor>& attn_bias, std::optional<double> scale, double dropout_p,
+                 const std::optional<Tensor>& seed) {
   const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
   Prepared r{ts::new_empty(q, {d.B, d.H, d.Nq, d.D}),
              ts::new_empty(q, {d.B, d.H, d.Nq}, lse_dtype(q.scalar_type())),
-             make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale),
+             make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed),
              d.B * d.H * d.Nq == 0};
   r.p.out = r.out.mutable_data_ptr();
   r.p.lse = r.lse.mutable_data_ptr();
@@ -135,8 +151,9 @@ Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool causal,
                                          std::optional<Tensor> key_padding_mask,
                                          std::optional<Tensor> attn_bias,
-                                         std::optional<double> scale) {
-  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale);
+                                         std::optional<double> scale, double dropout_p,
+                                         std::optional<Tensor> seed) {
+  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed);
   if (!r.empty) cpu::attention_forward(r.p);
   return {r.out, r.lse};
 }
@@ -144,7 +161,7 @@ std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool caus
 std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cpu(
     Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal,
     std::optional<Tensor> key_padding_mask, std::optional<Tensor> attn_bias,
-    std::optional<double> scale, bool need_bias_grad) {
+    std::optional<double> scale, bool need_bias_grad, double dropout_p, std::optional<Tensor> seed) {
   const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_out, "grad_out"},
                                 std::pair<const Tensor&, const char*>{out, "out"}}) {
@@ -168,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cpu(
   if (d.B * d.H == 0) return {dq, dk, dv, dbias};
   const Tensor out_c = ts::contiguous(out), lse_c = ts::contiguous(lse);
   AttentionBackwardParams bp{};
-  bp.fwd = make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale);
+  bp.fwd = make_params(d, q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed);
   bp.fwd.out = const_cast<void*>(out_c.const_data_ptr());
   bp.fwd.lse = const_cast<void*>(lse_c.const_data_ptr());
   bp.grad_out = grad_out.const_data_ptr();
@@ -183,9 +200,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cpu(
 std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool causal,
                                           std::optional<Tensor> key_padding_mask,
                                           std::optional<Tensor> attn_bias,
-                                          std::optional<double> scale) {
+                                          std::optional<double> scale, double dropout_p,
+                                          std::optional<Tensor> seed) {
   const ts::accelerator::DeviceGuard guard(q.get_device_index());
-  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale);
+  TK_CHECK(dropout_p == 0.0, kOp, "attention dropout has no CUDA kernel yet (dropout_p must be 0 on CUDA, got ",
+           dropout_p, ")");
+  Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed);
   TK_CHECK(r.p.D <= cuda::kMaxAttentionHeadDim, kOp, "on CUDA the head dimension must be at most ",
            cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));
   if (!r.empty) {
@@ -202,11 +222,11 @@ std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool cau
 STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, bool causal=False, Tensor? key_padding_mask=None, "
-      "Tensor? attn_bias=None, float? scale=None) -> (Tensor, Tensor)");
+      "Tensor? attn_bias=None, float? scale=None, float dropout_p=0.0, Tensor? seed=None) -> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-      "bool causal, Tensor? key_padding_mask, Tensor? attn_bias, float? scale, bool need_bias_grad) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "bool causal, Tensor? key_padding_mask, Tensor? attn_bias, float? scale, bool need_bias_grad, "
+      "float dropout_p=0.0, Tensor? seed=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {

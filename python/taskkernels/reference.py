@@ -40,10 +40,13 @@ def attention(
     attn_bias: Tensor | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    dropout_p: float = 0.0,
+    dropout_keep: Tensor | None = None,
 ):
     """Reference of :func:`taskkernels.attention`: the full score matrix in the inputs' dtype,
     the causal mask aligned to the end (key j visible to query i when j <= i + Nk - Nq), and
-    rows with no visible key giving zeros (lse -inf)."""
+    rows with no visible key giving zeros (lse -inf). With dropout, ``dropout_keep`` is the
+    (B, H, Nq, Nk) bool keep-mask (taskkernels draws it with ``_C._attention_dropout_keep``)."""
     Nq, Nk, D = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
@@ -58,6 +61,8 @@ def attention(
     s = s.masked_fill(~visible, float("-inf"))
     lse = torch.logsumexp(s.float() if s.dtype in (torch.float16, torch.bfloat16) else s, dim=-1)
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with nothing visible: NaN -> 0
+    if dropout_p > 0:
+        p = p * dropout_keep.to(p.dtype) / (1.0 - dropout_p)
     out = p @ v
     return (out, lse) if return_lse else out
 

@@ -19,10 +19,16 @@ def attention_with_lse(
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     scale: float | None = None,
+    dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`attention` that also returns the per-row log-sum-exp of the masked, scaled scores:
-    lse (B, H, Nq), float32 (float64 for float64 inputs), -inf for rows with no visible key."""
-    return torch.ops.taskkernels.attention(q, k, v, causal, key_padding_mask, attn_bias, scale)
+    lse (B, H, Nq), float32 (float64 for float64 inputs), -inf for rows with no visible key
+    (computed before dropout)."""
+    seed = None
+    if dropout_p > 0.0:
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
+    return torch.ops.taskkernels.attention(q, k, v, causal, key_padding_mask, attn_bias, scale, float(dropout_p), seed)
 
 
 def attention(
@@ -34,6 +40,8 @@ def attention(
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     scale: float | None = None,
+    dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """softmax(scale * q k^T + attn_bias, masked) v, without materializing the Nq x Nk scores.
 
@@ -49,6 +57,12 @@ def attention(
             convention; from an HF ``attention_mask`` pass ``attention_mask == 0``).
         attn_bias: additive, broadcastable to (B, H, Nq, Nk), dtype of q or float32.
         scale: defaults to ``1 / sqrt(D)``.
+        dropout_p: attention dropout, as ``F.scaled_dot_product_attention``'s (applied whenever
+            > 0; pass 0 in eval): each probability is kept with 1 - dropout_p and scaled by
+            1 / (1 - dropout_p), so the mean output is unbiased. The mask comes from a counter-based
+            hash of a seed drawn from torch's generator (or ``generator``) and the element's index:
+            nothing is stored, and the backward replays the same mask. CPU only for now.
+        generator: the torch.Generator the dropout seed is drawn from (default: torch's global one).
 
     Returns:
         (B, H, Nq, D), contiguous, dtype of q. A row whose keys are all masked is all zeros
@@ -59,7 +73,8 @@ def attention(
     log-sum-exp and stores nothing Nq x Nk unless attn_bias needs its gradient.
     """
     return attention_with_lse(
-        q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, scale=scale
+        q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, scale=scale,
+        dropout_p=dropout_p, generator=generator,
     )[0]
 
 
@@ -95,14 +110,16 @@ def _check(q, k, v, key_padding_mask, attn_bias, scale):
 
 
 @torch.library.register_fake("taskkernels::attention")
-def _attention_fake(q, k, v, causal=False, key_padding_mask=None, attn_bias=None, scale=None):
+def _attention_fake(q, k, v, causal=False, key_padding_mask=None, attn_bias=None, scale=None, dropout_p=0.0, seed=None):
+    torch._check(0.0 <= dropout_p < 1.0, lambda: f"taskkernels.attention: dropout_p must be in [0, 1), got {dropout_p}")
     B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return q.new_empty((B, H, Nq, D)), q.new_empty((B, H, Nq), dtype=lse_dtype)
 
 
 @torch.library.register_fake("taskkernels::attention_backward")
-def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad):
+def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad,
+                             dropout_p=0.0, seed=None):
     B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
     Nk = k.shape[2]
     torch._check(tuple(grad_out.shape) == (B, H, Nq, D),
@@ -114,24 +131,25 @@ def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, key_padding_ma
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, key_padding_mask, attn_bias, scale = inputs
+    q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, attn_bias)
-    ctx.causal, ctx.scale = causal, scale
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, attn_bias, seed)
+    ctx.causal, ctx.scale, ctx.dropout_p = causal, scale, dropout_p
     ctx.bias_needs_grad = attn_bias is not None and attn_bias.requires_grad
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, key_padding_mask, attn_bias = ctx.saved_tensors
+    q, k, v, out, lse, key_padding_mask, attn_bias, seed = ctx.saved_tensors
     # lse is an output for later kernels' use; its gradient is not supported (never needed by
     # attention() itself, which discards it).
     dq, dk, dv, dbias = torch.ops.taskkernels.attention_backward(
-        grad_out, q, k, v, out, lse, ctx.causal, key_padding_mask, attn_bias, ctx.scale, ctx.bias_needs_grad
+        grad_out, q, k, v, out, lse, ctx.causal, key_padding_mask, attn_bias, ctx.scale, ctx.bias_needs_grad,
+        ctx.dropout_p, seed,
     )
     grad_bias = None
     if ctx.bias_needs_grad:  # sum over the dimensions the bias was broadcast along
         grad_bias = dbias.sum_to_size(attn_bias.shape).to(attn_bias.dtype)
-    return dq, dk, dv, None, None, grad_bias, None
+    return dq, dk, dv, None, None, grad_bias, None, None, None
 
 
 torch.library.register_autograd("taskkernels::attention", _backward, setup_context=_setup_context)
