@@ -1,6 +1,14 @@
 """Thin nn.Module classes that route models' hot paths through taskkernels ops."""
 
+from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextLayer
 from .vit import ViTEmbeddings
 
-__all__ = ["ConvNextLayer", "ViTEmbeddings"]
+__all__ = [
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "ConvNextLayer",
+    "ViTEmbeddings",
+]
