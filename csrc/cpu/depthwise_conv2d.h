@@ -2,9 +2,23 @@
 // semantics: common/depthwise_conv2d_params.h.
 #pragma once
 
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
 #include "common/depthwise_conv2d_params.h"
 
 namespace taskkernels::cpu {
+
+// Calls f(T{}, A{}): the element type of a DwDType and its accumulation type.
+template <class F>
+void dispatch_dw(DwDType t, F&& f) {
+  switch (t) {
+    case DwDType::kHalf: return f(c10::Half{}, float{});
+    case DwDType::kBFloat16: return f(c10::BFloat16{}, float{});
+    case DwDType::kFloat: return f(float{}, float{});
+    case DwDType::kDouble: return f(double{}, double{});
+  }
+}
 
 using taskkernels::DwConvParams;
 using taskkernels::DwConvWeightGradParams;

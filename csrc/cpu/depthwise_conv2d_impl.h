@@ -487,20 +487,10 @@ void weight_grad_nhwc(const DwConvWeightGradParams& g) {
   });
 }
 
-template <class F>
-void dispatch(DwDType t, F&& f) {
-  switch (t) {
-    case DwDType::kHalf: return f(c10::Half{}, float{});
-    case DwDType::kBFloat16: return f(c10::BFloat16{}, float{});
-    case DwDType::kFloat: return f(float{}, float{});
-    case DwDType::kDouble: return f(double{}, double{});
-  }
-}
-
 }  // namespace
 
 void depthwise_conv2d_forward(const DwConvParams& p) {
-  dispatch(p.dtype, [&](auto t, auto a) {
+  dispatch_dw(p.dtype, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
     p.channels_last ? forward_nhwc<T, A>(p) : forward_nchw<T, A>(p);
@@ -508,7 +498,7 @@ void depthwise_conv2d_forward(const DwConvParams& p) {
 }
 
 void depthwise_conv2d_weight_grad(const DwConvWeightGradParams& g) {
-  dispatch(g.shape.dtype, [&](auto t, auto a) {
+  dispatch_dw(g.shape.dtype, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
     g.shape.channels_last ? weight_grad_nhwc<T, A>(g) : weight_grad_nchw<T, A>(g);

@@ -16,16 +16,6 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // pixels per partial sum of the parameter gradients
 
-template <class F>
-void dispatch(DwDType t, F&& f) {
-  switch (t) {
-    case DwDType::kHalf: return f(c10::Half{}, float{});
-    case DwDType::kBFloat16: return f(c10::BFloat16{}, float{});
-    case DwDType::kFloat: return f(float{}, float{});
-    case DwDType::kDouble: return f(double{}, double{});
-  }
-}
-
 // Pixel i = (b, h, w) of y: its C values in the accumulation type (a straight copy when the
 // channels are contiguous, as they are for the channels-last convolution output).
 template <class T, class A>
@@ -135,11 +125,11 @@ void backward(const ChannelNormBackwardParams& g) {
 }  // namespace
 
 void channel_layernorm_forward(const ChannelNormParams& p) {
-  dispatch(p.dtype, [&](auto t, auto a) { forward<decltype(t), decltype(a)>(p); });
+  dispatch_dw(p.dtype, [&](auto t, auto a) { forward<decltype(t), decltype(a)>(p); });
 }
 
 void channel_layernorm_backward(const ChannelNormBackwardParams& p) {
-  dispatch(p.fwd.dtype, [&](auto t, auto a) { backward<decltype(t), decltype(a)>(p); });
+  dispatch_dw(p.fwd.dtype, [&](auto t, auto a) { backward<decltype(t), decltype(a)>(p); });
 }
 
 }  // namespace taskkernels::cpu

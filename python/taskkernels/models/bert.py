@@ -131,6 +131,11 @@ class BertModel(nn.Module):
         return x, pooled
 
 
+def _classifier_dropout(config) -> nn.Dropout:
+    drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(drop)
+
+
 class _BertHead(nn.Module):
     """Shared plumbing: from_hf / from_pretrained loading HF's state dict unchanged."""
 
@@ -165,8 +170,7 @@ class BertForSequenceClassification(_BertHead):
         self.config = config
         self.num_labels = config.num_labels
         self.bert = BertModel(config)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(drop)
+        self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
@@ -199,8 +203,7 @@ class BertForTokenClassification(_BertHead):
         self.config = config
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(drop)
+        self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
