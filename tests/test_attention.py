@@ -367,6 +367,15 @@ def test_dropout_seed_replay_and_errors():
         torch.ops.taskkernels.attention(q, k, v, False, None, None, None, 0.1, torch.tensor(1.0))
 
 
+def test_dropout_gradcheck():
+    """float64 gradcheck through the op with a fixed seed (the same mask at every evaluation)."""
+    q, k, v = (torch.randn(1, 2, n, 6, dtype=torch.float64, requires_grad=True) for n in (5, 7, 7))
+    bias = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor(2024)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, b: torch.ops.taskkernels.attention(q, k, v, True, None, b, None, 0.4, seed)[0], (q, k, v, bias))
+
+
 def test_dropout_opcheck_and_compiled_training_step():
     q, k, v = (torch.randn(2, 2, 20, 16, requires_grad=True) for _ in range(3))
     torch.library.opcheck(torch.ops.taskkernels.attention.default,

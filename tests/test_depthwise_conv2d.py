@@ -249,6 +249,10 @@ def test_fused_front_gradcheck_opcheck_and_determinism():
     assert torch.autograd.gradcheck(lambda *a: taskkernels.depthwise_conv2d_layernorm(*a, eps=1e-5), args)
     f32 = [a.detach().float().requires_grad_() for a in args]
     torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d_layernorm.default, (*f32, 1e-6, 1))
+    _, conv, mean, rstd = (t.detach() for t in torch.ops.taskkernels.depthwise_conv2d_layernorm(*f32, 1e-6, 1))
+    x, w, _, g, _ = (a.detach() for a in f32)
+    torch.library.opcheck(torch.ops.taskkernels.depthwise_conv2d_layernorm_backward.default,
+                          (torch.randn_like(conv), x, w, g, conv, mean, rstd, 1, True, True, True, True, True))
     big = [a.requires_grad_() for a in fused_args("channels_last", dtype=torch.float32, C=16, H=28, W=28)]
     grad = torch.randn(2, 28, 28, 16)
     first = torch.autograd.grad(taskkernels.depthwise_conv2d_layernorm(*big), big, grad)
