@@ -69,3 +69,46 @@ def test_wrong_image_size_is_refused_like_hf():
     ours = ViTEmbeddings(config())
     with pytest.raises(ValueError, match="doesn't match model"):
         ours(torch.randn(1, 3, 32, 32))
+
+
+# ---- the whole classifier ---------------------------------------------------------------------------
+
+
+def classifier_config(dropout=0.0, **kw):
+    base = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=4, intermediate_size=64, num_labels=5, hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout)
+    return ViTConfig(**dict(base, **kw))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_image_classifier_matches_hf_logits_loss_and_gradients(device):
+    from taskkernels.models import ViTForImageClassification
+
+    hf = transformers.ViTForImageClassification(classifier_config()).to(device)
+    ours = ViTForImageClassification.from_hf(hf)
+    assert set(ours.state_dict()) == {k for k, _ in hf.named_parameters()}
+    x = torch.randn(3, 3, 32, 32, device=device)
+    labels = torch.randint(0, 5, (3,), device=device)
+    hf_out, out = hf(pixel_values=x, labels=labels), ours(x, labels=labels)
+    torch.testing.assert_close(out.logits, hf_out.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, hf_out.loss, rtol=1e-5, atol=1e-5)
+    out.loss.backward()
+    hf_out.loss.backward()
+    hf_params = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, hf_params[name].grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_image_classifier_dropout_and_from_pretrained(tmp_path):
+    from taskkernels.models import ViTForImageClassification
+
+    hf = transformers.ViTForImageClassification(classifier_config(dropout=0.2))
+    hf.save_pretrained(tmp_path)
+    ours = ViTForImageClassification.from_pretrained(str(tmp_path))
+    x = torch.randn(2, 3, 32, 32)
+    ours.eval()
+    hf.eval()
+    torch.testing.assert_close(ours(x).logits, hf(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+    ours.train()
+    assert not torch.allclose(ours(x).logits, ours(x).logits)

@@ -2,7 +2,7 @@
 
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextLayer
-from .vit import ViTEmbeddings
+from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
 
 __all__ = [
     "BertForQuestionAnswering",
@@ -11,4 +11,6 @@ __all__ = [
     "BertModel",
     "ConvNextLayer",
     "ViTEmbeddings",
+    "ViTForImageClassification",
+    "ViTModel",
 ]

@@ -10,16 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.attention import attention
+from ._heads import FromHF, activation, classification_loss
 
 __all__ = ["BertModel", "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering"]
-
-
-def _activation(name: str):
-    if name == "gelu":
-        return nn.GELU()
-    from transformers.activations import ACT2FN  # other activations, as HF names them
-
-    return ACT2FN[name]
 
 
 @dataclass
@@ -94,7 +87,7 @@ class BertLayer(nn.Module):
         self.attention.output = _Residual(config, config.hidden_size)
         self.intermediate = nn.Module()
         self.intermediate.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = _activation(config.hidden_act)
+        self.act = activation(config.hidden_act)
         self.output = _Residual(config, config.intermediate_size)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
@@ -136,33 +129,7 @@ def _classifier_dropout(config) -> nn.Dropout:
     return nn.Dropout(drop)
 
 
-class _BertHead(nn.Module):
-    """Shared plumbing: from_hf / from_pretrained loading HF's state dict unchanged."""
-
-    hf_class_name: str
-
-    @classmethod
-    def from_hf(cls, hf_model: nn.Module):
-        """Builds the model from the matching HF model, sharing nothing, same weights."""
-        model = cls(hf_model.config)
-        result = model.load_state_dict(hf_model.state_dict(), strict=False)
-        hf_params = {name for name, _ in hf_model.named_parameters()}
-        unused = [k for k in result.unexpected_keys if k in hf_params]  # HF's extra buffers are fine
-        if result.missing_keys or unused:
-            raise ValueError(f"{cls.__name__}.from_hf: keys differ: missing {result.missing_keys}, unused {unused}")
-        p = next(hf_model.parameters())
-        return model.to(device=p.device, dtype=p.dtype)
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str):
-        """Loads a directory that transformers saved (``save_pretrained``); nothing is downloaded."""
-        import transformers
-
-        hf = getattr(transformers, cls.hf_class_name).from_pretrained(local_dir, local_files_only=True)
-        return cls.from_hf(hf)
-
-
-class BertForSequenceClassification(_BertHead):
+class BertForSequenceClassification(FromHF):
     hf_class_name = "BertForSequenceClassification"
 
     def __init__(self, config):
@@ -176,26 +143,12 @@ class BertForSequenceClassification(_BertHead):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
         hidden, pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
         logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:  # HF's choice of loss from problem_type / num_labels / label dtype
-            problem = self.config.problem_type
-            if problem is None:
-                if self.num_labels == 1:
-                    problem = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    problem = "single_label_classification"
-                else:
-                    problem = "multi_label_classification"
-            if problem == "regression":
-                loss = F.mse_loss(logits.squeeze(), labels.squeeze()) if self.num_labels == 1 else F.mse_loss(logits, labels)
-            elif problem == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.num_labels,
+                                                                self.config.problem_type)
         return BertOutput(loss=loss, logits=logits, last_hidden_state=hidden, pooler_output=pooled)
 
 
-class BertForTokenClassification(_BertHead):
+class BertForTokenClassification(FromHF):
     hf_class_name = "BertForTokenClassification"
 
     def __init__(self, config):
@@ -213,7 +166,7 @@ class BertForTokenClassification(_BertHead):
         return BertOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
 
-class BertForQuestionAnswering(_BertHead):
+class BertForQuestionAnswering(FromHF):
     hf_class_name = "BertForQuestionAnswering"
 
     def __init__(self, config):

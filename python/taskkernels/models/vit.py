@@ -1,13 +1,18 @@
-"""ViT's embeddings on :func:`taskkernels.patch_embed`."""
+"""ViT on taskkernels: the embeddings on :func:`taskkernels.patch_embed`, every attention on
+:func:`taskkernels.attention`, loading Hugging Face's state dicts unchanged."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..ops.attention import attention
 from ..ops.patch_embed import patch_embed
+from ._heads import FromHF, activation, classification_loss
 
-__all__ = ["ViTEmbeddings"]
+__all__ = ["ViTEmbeddings", "ViTModel", "ViTForImageClassification"]
 
 
 class ViTEmbeddings(nn.Module):
@@ -100,3 +105,89 @@ class ViTEmbeddings(nn.Module):
             cls = self.cls_token.expand(patches.shape[0], -1, -1)
             embeddings = torch.cat((cls, patches), dim=1) + pos
         return self.dropout(embeddings)
+
+
+class ViTSelfAttention(nn.Module):
+    """HF ViTAttention's parameters (q/k/v/o projections) around ``taskkernels.attention``."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.q_proj = nn.Linear(hidden, hidden, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, hidden, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, hidden, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(hidden, hidden)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, E = x.shape
+        q, k, v = (proj(x).view(B, N, self.heads, E // self.heads).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, E))
+
+
+class ViTLayer(nn.Module):
+    """Pre-LayerNorm encoder block, HF ``ViTLayer``'s parameters."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = ViTSelfAttention(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.mlp.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.dropout(self.attention(self.layernorm_before(x)))
+        return x + self.dropout(self.mlp.fc2(self.act(self.mlp.fc1(self.layernorm_after(x)))))
+
+
+class ViTModel(nn.Module):
+    """HF ``ViTModel`` without the pooler: patch embedding on ``taskkernels.patch_embed``, every
+    attention on ``taskkernels.attention``; returns the final LayerNorm's (B, 1 + Np, D)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = ViTEmbeddings(config)
+        self.layers = nn.ModuleList(ViTLayer(config) for _ in range(config.num_hidden_layers))
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
+        x = self.embeddings(pixel_values.to(self.embeddings.cls_token.dtype),
+                            interpolate_pos_encoding=interpolate_pos_encoding)
+        for layer in self.layers:
+            x = layer(x)
+        return self.layernorm(x)
+
+
+class ViTForImageClassification(FromHF):
+    """Drop-in for HF ``ViTForImageClassification`` (same keys, ``from_hf``, ``from_pretrained``):
+    the [CLS] row of :class:`ViTModel` through the classifier; HF's losses."""
+
+    hf_class_name = "ViTForImageClassification"
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.vit = ViTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None, interpolate_pos_encoding: bool = False):
+        hidden = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        logits = self.classifier(hidden[:, 0])
+        loss = None if labels is None else classification_loss(logits, labels, self.num_labels, self.config.problem_type)
+        return ImageClassifierOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
+@dataclass
+class ImageClassifierOutput:
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    last_hidden_state: Tensor | None = None
