@@ -1,0 +1,81 @@
+"""Whole-model cases: taskkernels' model classes against Hugging Face's (default SDPA attention),
+same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
+is a training step's gradient computation over every parameter. BERT with padded batches
+(lengths spread from half to full), ViT on 224px images."""
+
+from __future__ import annotations
+
+import torch
+
+from ..harness import Case, Prepared, Provider, pick_cases
+
+BASELINE = "hf"
+MODES = ("forward", "forward+backward")
+
+# name -> (model, batch, sequence or image size, hidden, layers, heads)
+GPU_CASES = {
+    "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
+    "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
+}
+CPU_CASES = {
+    "BERT 4 x 256 wide, 256 padded, batch 8": ("bert", 8, 256, 256, 4, 4),
+    "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
+}
+QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
+
+
+def _pair(kind, size, hidden, layers, heads, dtype, device):
+    import transformers
+
+    from taskkernels import models
+
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=4 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if kind == "bert":
+        cfg = transformers.BertConfig(vocab_size=30522, max_position_embeddings=max(512, size), num_labels=2, **common)
+        hf = transformers.BertForSequenceClassification(cfg)
+        ours = models.BertForSequenceClassification
+    else:
+        cfg = transformers.ViTConfig(image_size=size, patch_size=16, num_labels=1000, **common)
+        hf = transformers.ViTForImageClassification(cfg)
+        ours = models.ViTForImageClassification
+    hf = hf.to(device=device, dtype=dtype)
+    return hf, ours.from_hf(hf)
+
+
+def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
+    hf, ours = _pair(kind, size, hidden, layers, heads, dtype, device)
+    if kind == "bert":
+        lengths = torch.linspace(size // 2, size, B).long()
+        mask = (torch.arange(size)[None] < lengths[:, None]).long()
+        args = dict(input_ids=(torch.randint(1, 30522, (B, size)) * mask).to(device), attention_mask=mask.to(device))
+    else:
+        args = dict(pixel_values=torch.randn(B, 3, size, size, device=device, dtype=dtype))
+    return dict(hf=hf, ours=ours, args=args)
+
+
+def cases(device: torch.device, quick: bool = False) -> list[Case]:
+    table, dtypes = pick_cases(device, quick, GPU_CASES, CPU_CASES, QUICK_CASES, [torch.bfloat16])
+    return [Case(name, dtype, lambda a=args, dtype=dtype: _inputs(*a, dtype, device))
+            for name, args in table.items() for dtype in dtypes]
+
+
+def _model(key):
+    def prepare(inp):
+        model = inp[key]
+        return Prepared(lambda: model(**inp["args"]).logits, list(model.parameters()))
+
+    return prepare
+
+
+def providers(device: torch.device) -> list[Provider]:
+    try:
+        import transformers  # noqa: F401
+
+        missing = None
+    except ImportError:
+        missing = "transformers is not installed"
+    return [
+        Provider("taskkernels", _model("ours"), unavailable=missing),
+        Provider(BASELINE, _model("hf"), unavailable=missing),
+    ]
