@@ -46,6 +46,14 @@ def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output")
     assert ours_err <= bound, f"{what}: error {ours_err:.3e} > bound {bound:.3e} (PyTorch's own error {torch_err:.3e})"
 
 
+def assert_same_grads(ours, hf, rtol, atol):
+    """Every parameter gradient of `ours` equals that of the HF module's parameter of the same
+    name (the model classes load HF's state dicts unchanged)."""
+    hf_params = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, hf_params[name].grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
 def run_portable_cpu_build(script: str) -> str:
     """Runs `script` in a fresh Python with TASKKERNELS_CPU_ISA=generic (the CPU kernels' portable
     copy, the one CPUs without AVX2 get); it must print "ok". Returns its output."""

@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is neede
 from transformers import BertConfig  # noqa: E402
 
 from taskkernels import models  # noqa: E402
-from conftest import DEVICES  # noqa: E402
+from conftest import DEVICES, assert_same_grads  # noqa: E402
 
 HEADS = ["BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering"]
 
@@ -79,9 +79,7 @@ def test_matches_hf_logits_loss_and_gradients(device, name):
     torch.testing.assert_close(out.loss, hf_out.loss, rtol=1e-5, atol=1e-5)
     out.loss.backward()
     hf_out.loss.backward()
-    hf_params = dict(hf.named_parameters())
-    for pname, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, hf_params[pname].grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{pname}: {m}")
+    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])

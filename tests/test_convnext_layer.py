@@ -9,7 +9,7 @@ from transformers import ConvNextConfig  # noqa: E402
 from transformers.models.convnext.modeling_convnext import ConvNextLayer as HFConvNextLayer  # noqa: E402
 
 from taskkernels.models import ConvNextLayer  # noqa: E402
-from conftest import DEVICES  # noqa: E402
+from conftest import DEVICES, assert_same_grads  # noqa: E402
 
 
 def hf_layer(dim=24, scale=1e-6, device="cpu"):
@@ -42,9 +42,7 @@ def test_matches_hf_forward_and_gradients(device, channels_last):
     out_hf.backward(g)
     out.backward(g)
     torch.testing.assert_close(x_ours.grad, x_hf.grad, rtol=1e-4, atol=1e-4)
-    hf_params = dict(hf.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, hf_params[name].grad, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-4)
 
 
 def test_drop_path_in_training_only():

@@ -9,7 +9,7 @@ from transformers import ViTConfig  # noqa: E402
 from transformers.models.vit.modeling_vit import ViTEmbeddings as HFViTEmbeddings  # noqa: E402
 
 from taskkernels.models import ViTEmbeddings  # noqa: E402
-from conftest import DEVICES  # noqa: E402
+from conftest import DEVICES, assert_same_grads  # noqa: E402
 
 
 def config(**kw):
@@ -46,9 +46,7 @@ def test_from_hf_and_training_gradients(device):
     g = torch.randn(2, 17, 48, device=device)
     hf(x).backward(g)
     ours(x).backward(g)
-    hf_grads = dict(hf.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, hf_grads[name].grad, rtol=1e-5, atol=1e-5, msg=name)
+    assert_same_grads(ours, hf, rtol=1e-5, atol=1e-5)
 
 
 def test_interpolate_pos_encoding_and_mask_match_hf():
@@ -95,9 +93,7 @@ def test_image_classifier_matches_hf_logits_loss_and_gradients(device):
     torch.testing.assert_close(out.loss, hf_out.loss, rtol=1e-5, atol=1e-5)
     out.loss.backward()
     hf_out.loss.backward()
-    hf_params = dict(hf.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, hf_params[name].grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-5)
 
 
 def test_image_classifier_dropout_and_from_pretrained(tmp_path):

@@ -209,7 +209,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, 
   check_channel_param(ln_weight, "ln_weight", x);
   check_channel_param(ln_bias, "ln_bias", x);
   TK_CHECK(eps >= 0, kOp, "eps must be >= 0, got ", eps);
-  TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
   const int64_t B = x.size(0), C = x.size(1), Ho = x.size(2) + 2 * padding - K + 1, Wo = x.size(3) + 2 * padding - K + 1;
   // The channels-last kernel needs unit channel stride; it writes conv as (B, Ho, Wo, C).
   const Tensor xc = x.stride(1) == 1 || C == 1 ? x : as_channels_last(x);
@@ -236,7 +235,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm_ba
   const int64_t C = x.size(1), K = check_weight(weight, x, C);
   check_padding(padding, K);
   check_channel_param(ln_weight, "ln_weight", x);
-  TK_CHECK(x.is_cpu(), kOp, "the fused depthwise_conv2d_layernorm has no CUDA kernel yet");
   check_same(kOp, conv, "conv", x, "x");
   const int64_t B = x.size(0), Ho = x.size(2) + 2 * padding - K + 1, Wo = x.size(3) + 2 * padding - K + 1;
   TK_CHECK(conv.dim() == 4 && conv.size(0) == B && conv.size(1) == Ho && conv.size(2) == Wo && conv.size(3) == C, kOp,
