@@ -10,9 +10,9 @@ enum class AttnDType { kHalf, kBFloat16, kFloat, kDouble };
 
 // out[b, h, i] = softmax_j(scale * q_i . k_j + bias[b, h, i, j], masked) @ v, computed in tiles
 // with an online softmax: nothing Nq x Nk is ever stored.
-// Masks: key_padding[b, j] true = key j is padding (ignored); causal: key j is visible to query i
-// when j <= i + (Nk - Nq) (aligned to the end, as with a KV cache). A row with no visible key
-// gets out = 0 and lse = -inf.
+// Masks: key_padding[b, j] true = key j is padding (ignored); mask_bits (below); causal: key j is
+// visible to query i when j <= i + (Nk - Nq) (aligned to the end, as with a KV cache). A row with
+// no visible key gets out = 0 and lse = -inf.
 struct AttentionParams {
   AttnDType dtype;
   int64_t B, H, Nq, Nk, D;
@@ -26,6 +26,11 @@ struct AttentionParams {
   bool bias_is_float32;
   int64_t bias_stride[4];
   bool causal;
+  // Per-query key mask shared by all heads (masked attention, Mask2Former): bit (j % 64) of word
+  // mask_bits[b * mb_stride[0] + i * mb_stride[1] + j / 64] set = key j is blocked for query i.
+  // Nullable. Rows blocking every key are cleared by the packing step (they attend everywhere).
+  const uint64_t* mask_bits;
+  int64_t mb_stride[2];
   double scale;
   // Attention dropout (common/dropout.h): probabilities kept with 1 - dropout_p and scaled by
   // 1 / (1 - dropout_p); element (b, h, i, j) keyed by ((b * H + h) * Nq + i) * Nk + j.
@@ -45,6 +50,19 @@ struct AttentionBackwardParams {
   void* dk;     // (B, H, Nk, D) contiguous
   void* dv;     // (B, H, Nk, D) contiguous
   void* dbias;  // nullable; (B, H, Nq, Nk) contiguous, float32 (float64 for float64 inputs)
+};
+
+// The packing of a per-query mask into AttentionParams::mask_bits: from a bool mask (true =
+// blocked) or from mask logits (blocked where logit < 0, i.e. sigmoid(logit) < 0.5; NaN is not
+// blocked). A row that would block every key is written as all zeros (it attends everywhere).
+enum class MaskSource { kBool, kHalf, kBFloat16, kFloat, kDouble };
+
+struct MaskPackParams {
+  MaskSource source;
+  int64_t B, Q, N;        // the mask is (B, Q, N)
+  const void* src;
+  int64_t src_stride[3];  // element strides
+  uint64_t* bits;         // (B, Q, ceil(N / 64)) contiguous
 };
 
 }  // namespace taskkernels

@@ -28,7 +28,34 @@ constexpr int64_t BK = 64;  // keys per block
 constexpr int64_t RB = 4;   // micro-kernel rows
 constexpr int64_t CB = 16;  // micro-kernel columns (two AVX2 vectors of float)
 
+static_assert(BK == 64, "a key block is one 64-bit word of the per-query mask bits");
+
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// The bits of the keys [k0, k0 + nk) blocked for query i (0 without a per-query mask).
+inline uint64_t blocked_bits(const AttentionParams& p, int64_t b, int64_t i, int64_t k0) {
+  return p.mask_bits ? p.mask_bits[b * p.mb_stride[0] + i * p.mb_stride[1] + k0 / BK] : 0;
+}
+inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1; }
+
+// Whether queries [q0, q0 + nr) all block every key of [k0, k0 + nk): the tile can be skipped.
+inline bool tile_blocked(const AttentionParams& p, int64_t b, int64_t q0, int64_t nr, int64_t k0, int64_t nk) {
+  if (!p.mask_bits) return false;
+  const uint64_t want = low_bits(nk);
+  for (int64_t r = 0; r < nr; ++r)
+    if ((blocked_bits(p, b, q0 + r, k0) & want) != want) return false;
+  return true;
+}
+
+// s[c] = -inf for the blocked keys among the first nk.
+template <class A>
+inline void apply_blocked(A* s, uint64_t bits, int64_t nk) {
+  bits &= low_bits(nk);
+  while (bits) {
+    s[__builtin_ctzll(bits)] = -std::numeric_limits<A>::infinity();
+    bits &= bits - 1;
+  }
+}
 
 // A zero-initialised scratch array. Plain new[]/delete[] rather than std::vector: this file is
 // compiled for two instruction sets, and out-of-line std template code from the AVX2 copy could
@@ -346,6 +373,7 @@ void run(const AttentionParams& p) {
         for (int64_t k0 = 0; k0 < kend; k0 += BK) {
           if (!block_live[k0 / BK]) continue;  // every key of this block is padding
           const int64_t nk = std::min(BK, kend - k0), cols = round_up(nk, CB);
+          if (tile_blocked(p, b, q0, nr, k0, nk)) continue;  // every query blocks every key
           qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK, D);
 
           // Masks are needed only where this block can hide something.
@@ -369,6 +397,7 @@ void run(const AttentionParams& p) {
               const A* pa = pad_add.data() + k0;
               for (int64_t c = 0; c < nk; ++c) s[c] += pa[c];
             }
+            if (p.mask_bits) apply_blocked(s, blocked_bits(p, b, i, k0), nk);
             if (causal_cut) {
               for (int64_t c = std::max<int64_t>(0, i + shift + 1 - k0); c < nk; ++c) s[c] = kNegInf;
             }
@@ -478,6 +507,7 @@ void run_backward(const AttentionBackwardParams& bp) {
         const int64_t q_first = p.causal ? std::max<int64_t>(0, k0 - shift) : 0;
         for (int64_t q0 = q_first / BQ * BQ; q0 < Nq; q0 += BQ) {
           const int64_t nr = std::min(BQ, Nq - q0), rows = round_up(nr, RB);
+          if (tile_blocked(p, b, q0, nr, k0, nk)) continue;  // nothing of this tile is visible
           qk_block(Q.data() + q0 * Dp, KT.data(), S.data(), rows, cols, D, BK, Dp);
           qk_block(dO.data() + q0 * Dp, VT.data(), dP.data(), rows, cols, D, BK, Dp);
           for (int64_t r = 0; r < BQ; ++r) {
@@ -507,6 +537,7 @@ void run_backward(const AttentionBackwardParams& bp) {
               const A* pa = pad_add.data() + k0;
               for (int64_t c = 0; c < nk; ++c) sr[c] += pa[c];
             }
+            if (p.mask_bits) apply_blocked(sr, blocked_bits(p, b, i, k0), nk);
             const int64_t visible = p.causal ? std::min(nk, std::max<int64_t>(0, i + shift + 1 - k0)) : nk;
             for (int64_t c = visible; c < BK; ++c) sr[c] = kNegInf;
             exp_row(sr, pn, BK);

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "depthwise_conv2d", "depthwise_conv2d_layernorm", "patch_embed"]
+__all__ = ["attention", "batched_linear_sum_assignment", "ctc_loss", "ctc_loss_from_logits", "depthwise_conv2d", "depthwise_conv2d_layernorm", "masked_attention", "patch_embed"]
 
 
 def patch_embed(
@@ -63,6 +63,30 @@ def attention(
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with nothing visible: NaN -> 0
     if dropout_p > 0:
         p = p * dropout_keep.to(p.dtype) / (1.0 - dropout_p)
+    out = p @ v
+    return (out, lse) if return_lse else out
+
+
+def masked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    mask_logits: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Reference of :func:`taskkernels.masked_attention`: Mask2Former's rule written out. Blocked
+    = ``mask`` or ``mask_logits < 0``; a row blocking every key is unblocked; the (B, Q, HW) mask
+    is broadcast over the heads and the full score matrix masked."""
+    blocked = mask if mask is not None else mask_logits < 0
+    blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
+    Nq, D = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = ((q @ k.transpose(-1, -2)) * scale).masked_fill(blocked[:, None], float("-inf"))
+    lse = torch.logsumexp(s.float() if s.dtype in (torch.float16, torch.bfloat16) else s, dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # HW == 0: nothing to attend to
     out = p @ v
     return (out, lse) if return_lse else out
 

@@ -14,6 +14,9 @@ constexpr int64_t kMaxAttentionHeadDim = 256;
 // exact (FMA) kernel otherwise.
 cudaError_t attention_forward(const AttentionParams& p, cudaStream_t stream);
 
+// Packs a per-query mask (bool or logits) into bits: MaskPackParams (common/attention_params.h).
+cudaError_t pack_attention_mask(const MaskPackParams& p, cudaStream_t stream);
+
 // The exact kernel alone (every dtype, D <= kMaxAttentionHeadDim): one warp per query row.
 cudaError_t attention_forward_simt(const AttentionParams& p, cudaStream_t stream);
 

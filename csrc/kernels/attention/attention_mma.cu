@@ -143,11 +143,32 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
   const int64_t kend = p.causal ? max(int64_t(0), min(Nk, last_row + shift + 1)) : Nk;
   const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
 
+  // Per-query mask (masked attention): this thread's rows' 64-bit words of blocked keys, one per
+  // key tile (kBlockN == 64). Rows past Nq count as blocking everything, so they never keep a
+  // tile alive.
+  const uint64_t* mb = p.mask_bits ? p.mask_bits + b * p.mb_stride[0] : nullptr;
+  static_assert(kBlockN == 64, "a key tile is one word of mask bits");
+
   for (int64_t n0 = 0; n0 < kend; n0 += kBlockN) {
-    __syncthreads();  // everyone is done with the previous K/V tile
+    uint64_t blocked[2] = {0, 0};
+    bool warp_skip = false;
+    if (mb) {
+      const int64_t nvalid = min(int64_t(kBlockN), kend - n0);
+      const uint64_t want = nvalid >= 64 ? ~uint64_t(0) : (uint64_t(1) << nvalid) - 1;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) blocked[r] = row[r] < Nq ? mb[row[r] * p.mb_stride[1] + n0 / 64] : ~uint64_t(0);
+      const bool mine = (blocked[0] & want) == want && (blocked[1] & want) == want;
+      // Every query of the block blocks every key of the tile: skip its loads and math (the
+      // barrier also retires the previous tile, as the plain __syncthreads below does).
+      if (__syncthreads_and(mine)) continue;
+      warp_skip = __all_sync(0xffffffffu, mine);
+    } else {
+      __syncthreads();  // everyone is done with the previous K/V tile
+    }
     load_tile<T, HD, LD>(Ks, kg, n0, kend, D, p.k_stride[2], p.k_stride[3]);
     load_tile<T, HD, LD>(Vs, vg, n0, kend, D, p.v_stride[2], p.v_stride[3]);
     __syncthreads();
+    if (warp_skip) continue;  // this warp's 16 queries block the whole tile
 
     // S = Q K^T for this warp's 16 rows x 64 keys.
     float s[NTILES][4];
@@ -161,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
     }
 
     // Scale to base 2, add the bias, hide what is masked.
-    const bool need_mask = n0 + kBlockN > kend || kpm || p.bias ||
+    const bool need_mask = n0 + kBlockN > kend || kpm || p.bias || mb ||
                            (p.causal && n0 + kBlockN - 1 > m0 + shift);
 #pragma unroll
     for (int nt = 0; nt < NTILES; ++nt)
@@ -170,7 +191,8 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
         float x = s[nt][e] * sscale;
         if (need_mask) {
           const int64_t i = row[e / 2], j = n0 + nt * 8 + 2 * t + (e % 2);
-          if (j >= kend || (p.causal && j > i + shift) || (kpm && kpm[j * p.kp_stride[1]])) {
+          if (j >= kend || (p.causal && j > i + shift) || (kpm && kpm[j * p.kp_stride[1]]) ||
+              ((blocked[e / 2] >> (j - n0)) & 1)) {
             x = -INFINITY;
           } else if (p.bias && i < Nq) {
             const int64_t idx = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2] + j * p.bias_stride[3];

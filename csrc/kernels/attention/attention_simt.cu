@@ -57,10 +57,18 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) o[u] = A(0);
 
+  // Per-query mask (masked attention): bit (j % 64) of word j / 64 set = key j blocked.
+  const uint64_t* mb = p.mask_bits ? p.mask_bits + b * p.mb_stride[0] + i * p.mb_stride[1] : nullptr;
+
   for (int64_t k0 = 0; k0 < kend; k0 += 32) {
     const int64_t j = k0 + lane;
+    // The chunk's 32 bits (k0 is a multiple of 32, so they lie in one word).
+    const uint32_t chunk_blocked = mb ? uint32_t(mb[k0 / 64] >> (k0 % 64)) : 0u;
+    const int64_t nvalid = min(int64_t(32), kend - k0);
+    const uint32_t valid = nvalid >= 32 ? 0xffffffffu : (1u << nvalid) - 1;
+    if ((chunk_blocked & valid) == valid) continue;  // warp-uniform: every key of the chunk blocked
     A s = neg_inf;
-    if (j < kend) {
+    if (j < kend && !((chunk_blocked >> lane) & 1u)) {
       const T* kr = kb + j * p.k_stride[2];
       A dot = A(0);
       for (int64_t d = 0; d < D; ++d) dot += qs[warp][d] * Num<T>::to_acc(kr[d * p.k_stride[3]]);
