@@ -2,6 +2,7 @@
 
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextLayer
+from .mask2former import MaskedCrossAttention, use_masked_attention
 from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
 
 __all__ = [
@@ -10,7 +11,9 @@ __all__ = [
     "BertForTokenClassification",
     "BertModel",
     "ConvNextLayer",
+    "MaskedCrossAttention",
     "ViTEmbeddings",
     "ViTForImageClassification",
     "ViTModel",
+    "use_masked_attention",
 ]
