@@ -185,7 +185,7 @@ def test_bad_input_is_named(case):
         taskkernels.attention(q, k, v, **args)
 
 
-# ---- gradients (the CUDA backward is not written yet: CPU only) --------------------------------
+# ---- gradients ----------------------------------------------------------------------------------
 def grads(fn, tensors, grad_out, **kw):
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     q, k, v, *bias = leaves
@@ -193,19 +193,21 @@ def grads(fn, tensors, grad_out, **kw):
     return torch.autograd.grad(out, leaves, grad_out)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(2, 3, 17, 17, 32), (2, 2, 33, 130, 80), (2, 2, 130, 33, 64), (1, 2, 1, 77, 128), (0, 2, 5, 5, 16)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 17, 17, 32), (2, 2, 33, 130, 80), (2, 2, 130, 33, 64), (1, 2, 1, 77, 128),
+                                   (1, 2, 40, 50, 256), (0, 2, 5, 5, 16)], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "padding+bias"])
-def test_gradients_match_reference(dtype, shape, causal, masked):
+def test_gradients_match_reference(device, dtype, shape, causal, masked):
     B, H, Nq, Nk, D = shape
-    q, k, v = qkv(*shape, dtype, "cpu", "bnhd")
+    q, k, v = qkv(*shape, dtype, device, "bnhd")
     kw = dict(causal=causal)
     tensors = [q, k, v]
     if masked:
-        kw["key_padding_mask"] = torch.rand(B, Nk) < 0.3
-        tensors.append(torch.randn(1, H, Nq, Nk, dtype=dtype))
-    g = torch.randn(B, H, Nq, D, dtype=dtype)
+        kw["key_padding_mask"] = torch.rand(B, Nk, device=device) < 0.3
+        tensors.append(torch.randn(1, H, Nq, Nk, dtype=dtype, device=device))
+    g = torch.randn(B, H, Nq, D, dtype=dtype, device=device)
     ours = grads(taskkernels.attention, tensors, g, **kw)
     theirs = grads(reference.attention, tensors, g, **kw)
     exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **kw)
@@ -214,12 +216,13 @@ def test_gradients_match_reference(dtype, shape, causal, masked):
         assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bias_shape", [(1, 1, 1, 1), (2, 1, 9, 1), (9, 12), (2, 3, 9, 12)], ids=str)
-def test_gradcheck_float64(bias_shape):
-    q, k, v = qkv(2, 3, 9, 12, 8, torch.float64, "cpu", "strided")
-    kpm = torch.rand(2, 12) < 0.3
+def test_gradcheck_float64(device, bias_shape):
+    q, k, v = qkv(2, 3, 9, 12, 8, torch.float64, device, "strided")
+    kpm = torch.rand(2, 12, device=device) < 0.3
     kpm[1] = True  # a batch entry with nothing visible: zero gradients, not NaN
-    bias = torch.randn(bias_shape, dtype=torch.float64)
+    bias = torch.randn(bias_shape, dtype=torch.float64, device=device)
     args = [t.detach().clone().requires_grad_(True) for t in (q, k, v, bias)]
     for causal in (False, True):
         assert torch.autograd.gradcheck(
@@ -227,10 +230,11 @@ def test_gradcheck_float64(bias_shape):
         )
 
 
-def test_opcheck_with_gradients():
-    q, k, v = qkv(2, 3, 17, 40, 64, torch.float32, "cpu", "bnhd")
-    kpm = torch.rand(2, 40) < 0.3
-    bias = torch.randn(1, 3, 17, 40)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_with_gradients(device):
+    q, k, v = qkv(2, 3, 17, 40, 64, torch.float32, device, "bnhd")
+    kpm = torch.rand(2, 40, device=device) < 0.3
+    bias = torch.randn(1, 3, 17, 40, device=device)
     args = tuple(t.requires_grad_(True) for t in (q, k, v)) + (True, kpm, bias.requires_grad_(True), None)
     torch.library.opcheck(torch.ops.taskkernels.attention.default, args)
     out, lse = taskkernels.attention_with_lse(q.detach(), k.detach(), v.detach(), causal=True)
@@ -238,9 +242,10 @@ def test_opcheck_with_gradients():
     torch.library.opcheck(torch.ops.taskkernels.attention_backward.default, bwd)
 
 
-def test_torch_compile_training_step():
-    q, k, v = (t.requires_grad_(True) for t in qkv(2, 3, 17, 40, 64, torch.float32, "cpu"))
-    kpm = torch.rand(2, 40) < 0.3
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_training_step(device):
+    q, k, v = (t.requires_grad_(True) for t in qkv(2, 3, 17, 40, 64, torch.float32, device))
+    kpm = torch.rand(2, 40, device=device) < 0.3
 
     @torch.compile(fullgraph=True)
     def loss_fn(q, k, v):
@@ -251,6 +256,19 @@ def test_torch_compile_training_step():
     want = torch.autograd.grad(taskkernels.attention(q, k, v, causal=True, key_padding_mask=kpm).square().mean(), (q, k, v))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_backward_is_deterministic(dtype):
+    """No atomics: two backward passes give the same bits."""
+    q, k, v = qkv(2, 4, 300, 700, 64, dtype, "cuda")
+    kpm = torch.rand(2, 700, device="cuda") < 0.2
+    g = torch.randn(2, 4, 300, 64, device="cuda", dtype=dtype)
+    first = grads(taskkernels.attention, [q, k, v], g, causal=True, key_padding_mask=kpm)
+    second = grads(taskkernels.attention, [q, k, v], g, causal=True, key_padding_mask=kpm)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 def test_backward_checks_its_arguments():

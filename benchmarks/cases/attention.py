@@ -1,7 +1,6 @@
 """attention cases: the attention of each seed model at its usual size, forward and backward
 (FLOPs: 4 B H Nq Nk D, halved when causal; backward 2.5x). Speed-ups are over
-F.scaled_dot_product_attention with its own backend choice. (No CUDA backward yet: those rows
-record the error.)"""
+F.scaled_dot_product_attention with its own backend choice."""
 
 from __future__ import annotations
 

@@ -165,24 +165,27 @@ std::tuple<Tensor, Tensor> attention_cpu(Tensor q, Tensor k, Tensor v, bool caus
   return {r.out, r.lse};
 }
 
-// The CPU backward of checked inputs (mask_bits: the masked op's packed mask, or null).
-std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
+// The backward of checked inputs, on q's device (CPU, or CUDA under the caller's device guard) (mask_bits: the masked op's packed mask, or null;
+// op: the name errors carry).
+std::tuple<Tensor, Tensor, Tensor, Tensor> run_backward(
     const Dims& d, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
     const Tensor& lse, bool causal, const std::optional<Tensor>& key_padding_mask,
     const std::optional<Tensor>& attn_bias, std::optional<double> scale, bool need_bias_grad, double dropout_p,
-    const std::optional<Tensor>& seed, const Tensor* mask_bits) {
+    const std::optional<Tensor>& seed, const Tensor* mask_bits, const char* op) {
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_out, "grad_out"},
                                 std::pair<const Tensor&, const char*>{out, "out"}}) {
     TK_CHECK(t.dim() == 4 && t.size(0) == d.B && t.size(1) == d.H && t.size(2) == d.Nq && t.size(3) == d.D,
-             kOp, name, " must have shape (B, H, Nq, D) = (", d.B, ", ", d.H, ", ", d.Nq, ", ", d.D,
+             op, name, " must have shape (B, H, Nq, D) = (", d.B, ", ", d.H, ", ", d.Nq, ", ", d.D,
              "), got ", shape_str(t));
-    check_same(kOp, t, name, q, "q");
+    check_same(op, t, name, q, "q");
   }
   TK_CHECK(lse.dim() == 3 && lse.size(0) == d.B && lse.size(1) == d.H && lse.size(2) == d.Nq &&
                lse.scalar_type() == lse_dtype(q.scalar_type()),
-           kOp, "lse must be the forward's (B, H, Nq) = (", d.B, ", ", d.H, ", ", d.Nq, ") ",
+           op, "lse must be the forward's (B, H, Nq) = (", d.B, ", ", d.H, ", ", d.Nq, ") ",
            dtype_name(lse_dtype(q.scalar_type())), " log-sum-exp, got ", shape_str(lse), " ",
            dtype_name(lse.scalar_type()));
+  TK_CHECK(lse.is_cpu() == q.is_cpu() && lse.get_device_index() == q.get_device_index(), op,
+           "lse must be on the device of q (", device_str(q), "), got ", device_str(lse));
   need_bias_grad = need_bias_grad && attn_bias.has_value();
   Tensor dq = ts::new_empty(q, {d.B, d.H, d.Nq, d.D});
   Tensor dk = ts::new_empty(q, {d.B, d.H, d.Nk, d.D});
@@ -201,17 +204,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
   bp.dq = dq.mutable_data_ptr(), bp.dk = dk.mutable_data_ptr(), bp.dv = dv.mutable_data_ptr();
   bp.dbias = need_bias_grad ? dbias.mutable_data_ptr() : nullptr;
   if (mask_bits) set_mask_bits(bp.fwd, *mask_bits);
-  cpu::attention_backward(bp);
+  if (q.is_cpu()) {
+    cpu::attention_backward(bp);
+    return {dq, dk, dv, dbias};
+  }
+#ifdef TASKKERNELS_WITH_CUDA
+  TK_CHECK(dropout_p == 0.0, op, "attention dropout has no CUDA kernel yet (dropout_p must be 0 on CUDA, got ",
+           dropout_p, ")");
+  TK_CHECK(d.D <= cuda::kMaxAttentionHeadDim, op, "on CUDA the head dimension must be at most ",
+           cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));
+  Tensor delta = ts::new_empty(q, {d.B * d.H * d.Nq}, lse_dtype(q.scalar_type()));  // rowsum(dO * O)
+  auto stream = static_cast<cudaStream_t>(current_cuda_stream(q.get_device_index(), op));
+  check_cuda(cuda::attention_backward(bp, delta.mutable_data_ptr(), stream), op, "the CUDA attention backward kernels");
+#endif
   return {dq, dk, dv, dbias};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_impl(
     Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal,
     std::optional<Tensor> key_padding_mask, std::optional<Tensor> attn_bias,
     std::optional<double> scale, bool need_bias_grad, double dropout_p, std::optional<Tensor> seed) {
   const Dims d = check_attention(q, k, v, key_padding_mask, attn_bias, scale);
-  return backward_cpu(d, grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad,
-                      dropout_p, seed, nullptr);
+  return run_backward(d, grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad,
+                      dropout_p, seed, nullptr, kOp);
 }
 
 // ---- masked attention (Mask2Former): a per-query key mask shared by the heads, packed in bits.
@@ -286,12 +301,12 @@ std::tuple<Tensor, Tensor> masked_attention_cpu(Tensor q, Tensor k, Tensor v, Te
   return {r.out, r.lse};
 }
 
-std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cpu(Tensor grad_out, Tensor q, Tensor k, Tensor v,
+std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_impl(Tensor grad_out, Tensor q, Tensor k, Tensor v,
                                                                  Tensor out, Tensor lse, Tensor mask_bits,
                                                                  std::optional<double> scale) {
   const Dims d = check_masked(q, k, v, mask_bits, scale);
-  auto [dq, dk, dv, dbias] = backward_cpu(d, grad_out, q, k, v, out, lse, false, std::nullopt, std::nullopt,
-                                          scale, false, 0.0, std::nullopt, &mask_bits);
+  auto [dq, dk, dv, dbias] = run_backward(d, grad_out, q, k, v, out, lse, false, std::nullopt, std::nullopt,
+                                          scale, false, 0.0, std::nullopt, &mask_bits, kMaskedOp);
   return {dq, dk, dv};
 }
 
@@ -324,6 +339,22 @@ Tensor pack_attention_mask_cuda(std::optional<Tensor> mask, std::optional<Tensor
     check_cuda(cuda::pack_attention_mask(p, stream), kMaskedOp, "the CUDA mask packing kernel");
   }
   return bits;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward_cuda(
+    Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal,
+    std::optional<Tensor> key_padding_mask, std::optional<Tensor> attn_bias,
+    std::optional<double> scale, bool need_bias_grad, double dropout_p, std::optional<Tensor> seed) {
+  const ts::accelerator::DeviceGuard guard(q.get_device_index());
+  return attention_backward_impl(grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale,
+                                need_bias_grad, dropout_p, seed);
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cuda(Tensor grad_out, Tensor q, Tensor k, Tensor v,
+                                                                  Tensor out, Tensor lse, Tensor mask_bits,
+                                                                  std::optional<double> scale) {
+  const ts::accelerator::DeviceGuard guard(q.get_device_index());
+  return masked_attention_backward_impl(grad_out, q, k, v, out, lse, mask_bits, scale);
 }
 
 std::tuple<Tensor, Tensor> masked_attention_cuda(Tensor q, Tensor k, Tensor v, Tensor mask_bits,
@@ -362,10 +393,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(taskkernels, m) {
 
 STABLE_TORCH_LIBRARY_IMPL(taskkernels, CPU, m) {
   m.impl("attention", TORCH_BOX(&taskkernels::attention_cpu));
-  m.impl("attention_backward", TORCH_BOX(&taskkernels::attention_backward_cpu));
+  m.impl("attention_backward", TORCH_BOX(&taskkernels::attention_backward_impl));
   m.impl("pack_attention_mask", TORCH_BOX(&taskkernels::pack_attention_mask_cpu));
   m.impl("masked_attention", TORCH_BOX(&taskkernels::masked_attention_cpu));
-  m.impl("masked_attention_backward", TORCH_BOX(&taskkernels::masked_attention_backward_cpu));
+  m.impl("masked_attention_backward", TORCH_BOX(&taskkernels::masked_attention_backward_impl));
 }
 
 #ifdef TASKKERNELS_WITH_CUDA
@@ -373,5 +404,7 @@ STABLE_TORCH_LIBRARY_IMPL(taskkernels, CUDA, m) {
   m.impl("attention", TORCH_BOX(&taskkernels::attention_cuda));
   m.impl("pack_attention_mask", TORCH_BOX(&taskkernels::pack_attention_mask_cuda));
   m.impl("masked_attention", TORCH_BOX(&taskkernels::masked_attention_cuda));
+  m.impl("attention_backward", TORCH_BOX(&taskkernels::attention_backward_cuda));
+  m.impl("masked_attention_backward", TORCH_BOX(&taskkernels::masked_attention_backward_cuda));
 }
 #endif

@@ -1,4 +1,4 @@
-// CUDA fused attention (forward): the interface the torch glue calls. Torch-free.
+// CUDA fused attention (forward and backward): the interface the torch glue calls. Torch-free.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -13,6 +13,11 @@ constexpr int64_t kMaxAttentionHeadDim = 256;
 // Writes p.out and p.lse on `stream`. Picks the tensor-core kernel where it applies and the
 // exact (FMA) kernel otherwise.
 cudaError_t attention_forward(const AttentionParams& p, cudaStream_t stream);
+
+// Gradients (AttentionBackwardParams; no dropout): dq, dk, dv, and dS into dbias when non-null
+// (which must arrive zero-filled). `delta` is a workspace of B * H * Nq accumulators (float, or
+// double for float64 inputs). Deterministic: no atomics.
+cudaError_t attention_backward(const AttentionBackwardParams& p, void* delta, cudaStream_t stream);
 
 // Packs a per-query mask (bool or logits) into bits: MaskPackParams (common/attention_params.h).
 cudaError_t pack_attention_mask(const MaskPackParams& p, cudaStream_t stream);
