@@ -38,13 +38,15 @@ inline uint64_t blocked_bits(const AttentionParams& p, int64_t b, int64_t i, int
 }
 inline uint64_t low_bits(int64_t n) { return n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1; }
 
-// Whether queries [q0, q0 + nr) all block every key of [k0, k0 + nk): the tile can be skipped.
-inline bool tile_blocked(const AttentionParams& p, int64_t b, int64_t q0, int64_t nr, int64_t k0, int64_t nk) {
-  if (!p.mask_bits) return false;
+// The rows r of [0, nr) (queries q0 + r) that see at least one key of [k0, k0 + nk) through the
+// per-query mask, into live; returns how many.
+inline int64_t live_rows(const AttentionParams& p, int64_t b, int64_t q0, int64_t nr, int64_t k0, int64_t nk,
+                         int64_t* live) {
   const uint64_t want = low_bits(nk);
+  int64_t n = 0;
   for (int64_t r = 0; r < nr; ++r)
-    if ((blocked_bits(p, b, q0 + r, k0) & want) != want) return false;
-  return true;
+    if ((blocked_bits(p, b, q0 + r, k0) & want) != want) live[n++] = r;
+  return n;
 }
 
 // s[c] = -inf for the blocked keys among the first nk.
@@ -318,6 +320,11 @@ void run(const AttentionParams& p) {
 
   torch::stable::parallel_for(0, B * H * items_per_head, 1, [&](int64_t begin, int64_t end) {
     Buffer<A> Qb(BQ * D), KT(D * ldk), Vb(ldk * Dp), S(BQ * BK), P(BQ * BK), O(BQ * Dp), m(BQ), l(BQ);
+    // Per-query mask: the rows of a tile that see any of its keys, gathered (Qc, Oc) so that the
+    // micro-kernels work only on them: cost falls with the mask's density.
+    Buffer<int64_t> live(BQ), all_rows(BQ);
+    for (int64_t r = 0; r < BQ; ++r) all_rows[r] = r;
+    Buffer<A> Qc(p.mask_bits ? BQ * D : 1), Oc(p.mask_bits ? BQ * Dp : 1);
     // Key padding as an additive row (0 or -inf) per key, and which key blocks have any key left.
     Buffer<A> pad_add(p.key_padding ? ldk : 1);
     Buffer<bool> block_live(ldk / BK + 1);
@@ -373,14 +380,31 @@ void run(const AttentionParams& p) {
         for (int64_t k0 = 0; k0 < kend; k0 += BK) {
           if (!block_live[k0 / BK]) continue;  // every key of this block is padding
           const int64_t nk = std::min(BK, kend - k0), cols = round_up(nk, CB);
-          if (tile_blocked(p, b, q0, nr, k0, nk)) continue;  // every query blocks every key
-          qk_block(Qb.data(), KT.data() + k0 * D, S.data(), rows, cols, D, BK, D);
+          // Working rows: all of the block's, or (per-query mask) only those that see a key here.
+          const A* Qw = Qb.data();
+          A* Ow = O.data();
+          const int64_t* row_of = all_rows.data();
+          int64_t nw = nr;
+          if (p.mask_bits) {
+            nw = live_rows(p, b, q0, nr, k0, nk, live.data());
+            if (nw == 0) continue;  // every query blocks every key of the tile
+            if (nw < nr) {
+              for (int64_t t = 0; t < round_up(nw, RB); ++t) {
+                for (int64_t d = 0; d < D; ++d) Qc[t * D + d] = t < nw ? Qb[live[t] * D + d] : A(0);
+                for (int64_t d = 0; d < Dp; ++d) Oc[t * Dp + d] = t < nw ? O[live[t] * Dp + d] : A(0);
+              }
+              Qw = Qc.data(), Ow = Oc.data(), row_of = live.data();
+            }
+          }
+          const int64_t wrows = round_up(nw, RB);
+          qk_block(Qw, KT.data() + k0 * D, S.data(), wrows, cols, D, BK, D);
 
           // Masks are needed only where this block can hide something.
           const bool causal_cut = p.causal && k0 + nk - 1 > q0 + shift;
-          for (int64_t r = 0; r < nr; ++r) {
-            A* s = S.data() + r * BK;
-            A* pr = P.data() + r * BK;
+          for (int64_t t = 0; t < nw; ++t) {
+            const int64_t r = row_of[t];  // S, P and Ow row t hold block row r
+            A* s = S.data() + t * BK;
+            A* pr = P.data() + t * BK;
             const int64_t i = q0 + r;
             if (p.bias) {
               const int64_t base = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2];
@@ -417,11 +441,15 @@ void run(const AttentionParams& p) {
               for (int64_t c = 0; c < nk; ++c) pr[c] = dropout_keep(p.seed, threshold, base + c) ? pr[c] * keep_scale : A(0);
             }
             if (alpha != A(1)) {
-              A* orow = O.data() + r * Dp;
+              A* orow = Ow + t * Dp;
               for (int64_t d = 0; d < Dp; ++d) orow[d] *= alpha;
             }
           }
-          pv_block(P.data(), Vb.data() + k0 * Dp, O.data(), rows, nk, Dp);
+          // Rows past nw (up to wrows) hold stale probabilities; their O rows are discarded.
+          pv_block(P.data(), Vb.data() + k0 * Dp, Ow, wrows, nk, Dp);
+          if (Ow != O.data())
+            for (int64_t t = 0; t < nw; ++t)
+              for (int64_t d = 0; d < Dp; ++d) O[live[t] * Dp + d] = Oc[t * Dp + d];
         }
 
         T* obase = out + ((b * H + h) * Nq + q0) * D;
@@ -465,6 +493,12 @@ void run_backward(const AttentionBackwardParams& bp) {
     Buffer<A> KT(D * BK), VT(D * BK), Kb(BK * Dp), dK(BK * Dp), dV(BK * Dp);
     Buffer<A> S(BQ * BK), P(BQ * BK), Pn(BQ * BK), PT(BK * BQ), dP(BQ * BK), dST(BK * BQ);
     Buffer<A> pad_add(p.key_padding ? Nk : 1);  // key padding as an additive row (0 / -inf)
+    // Per-query mask: a tile's rows that see any of its keys, gathered (Q, dO rows; dQ rows
+    // accumulated apart and added back) so that the micro-kernels work only on them.
+    Buffer<int64_t> live(BQ), all_rows(BQ);
+    for (int64_t r = 0; r < BQ; ++r) all_rows[r] = r;
+    const bool compact = p.mask_bits != nullptr;
+    Buffer<A> Qc(compact ? BQ * Dp : 1), dOc(compact ? BQ * Dp : 1), dQc(compact ? BQ * Dp : 1);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / H, h = item % H;
       const T* qb = qp + b * p.q_stride[0] + h * p.q_stride[1];
@@ -506,16 +540,35 @@ void run_backward(const AttentionBackwardParams& bp) {
         // Query rows that can see a key of this block (causal: i + shift >= k0).
         const int64_t q_first = p.causal ? std::max<int64_t>(0, k0 - shift) : 0;
         for (int64_t q0 = q_first / BQ * BQ; q0 < Nq; q0 += BQ) {
-          const int64_t nr = std::min(BQ, Nq - q0), rows = round_up(nr, RB);
-          if (tile_blocked(p, b, q0, nr, k0, nk)) continue;  // nothing of this tile is visible
-          qk_block(Q.data() + q0 * Dp, KT.data(), S.data(), rows, cols, D, BK, Dp);
-          qk_block(dO.data() + q0 * Dp, VT.data(), dP.data(), rows, cols, D, BK, Dp);
-          for (int64_t r = 0; r < BQ; ++r) {
-            const int64_t i = q0 + r;
-            A* sr = S.data() + r * BK;
-            A* pn = Pn.data() + r * BK;
-            A* ds = P.data() + r * BK;  // dS, row-major: the A operand of dQ += dS K
-            if (r >= nr || lse2[i] == kNegInf) {  // padding row, or a row that saw nothing
+          const int64_t nr = std::min(BQ, Nq - q0);
+          // Working rows: all of the block's, or (per-query mask) those that see a key here.
+          const A* Qw = Q.data() + q0 * Dp;
+          const A* dOw = dO.data() + q0 * Dp;
+          A* dQw = dQ.data() + q0 * Dp;
+          const int64_t* row_of = all_rows.data();
+          int64_t nw = nr;
+          if (compact) {
+            nw = live_rows(p, b, q0, nr, k0, nk, live.data());
+            if (nw == 0) continue;  // nothing of this tile is visible
+            if (nw < nr) {
+              for (int64_t t = 0; t < round_up(nw, RB); ++t)
+                for (int64_t d = 0; d < Dp; ++d) {
+                  Qc[t * Dp + d] = t < nw ? Q[(q0 + live[t]) * Dp + d] : A(0);
+                  dOc[t * Dp + d] = t < nw ? dO[(q0 + live[t]) * Dp + d] : A(0);
+                  dQc[t * Dp + d] = A(0);
+                }
+              Qw = Qc.data(), dOw = dOc.data(), dQw = dQc.data(), row_of = live.data();
+            }
+          }
+          const int64_t wrows = round_up(nw, RB);
+          qk_block(Qw, KT.data(), S.data(), wrows, cols, D, BK, Dp);
+          qk_block(dOw, VT.data(), dP.data(), wrows, cols, D, BK, Dp);
+          for (int64_t t = 0; t < BQ; ++t) {
+            A* sr = S.data() + t * BK;
+            A* pn = Pn.data() + t * BK;
+            A* ds = P.data() + t * BK;  // dS, row-major: the A operand of dQ += dS K
+            const int64_t i = t < nw ? q0 + row_of[t] : 0;
+            if (t >= nw || lse2[i] == kNegInf) {  // padding row, or a row that saw nothing
               fill(pn, BK, A(0));
               fill(ds, BK, A(0));
               continue;
@@ -542,7 +595,7 @@ void run_backward(const AttentionBackwardParams& bp) {
             for (int64_t c = visible; c < BK; ++c) sr[c] = kNegInf;
             exp_row(sr, pn, BK);
             const A di = delta[i];
-            const A* dpr = dP.data() + r * BK;
+            const A* dpr = dP.data() + t * BK;
             if (dropout) {
               // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP' - delta).
               const uint64_t base = static_cast<uint64_t>(((b * H + h) * Nq + i) * Nk + k0);
@@ -564,9 +617,12 @@ void run_backward(const AttentionBackwardParams& bp) {
               PT[c * BQ + r] = Pn[r * BK + c];
               dST[c * BQ + r] = P[r * BK + c];
             }
-          pv_block(PT.data(), dO.data() + q0 * Dp, dV.data(), krows, nr, Dp);   // dV += P^T dO
-          pv_block(dST.data(), Q.data() + q0 * Dp, dK.data(), krows, nr, Dp);   // dK += dS^T Q
-          pv_block(P.data(), Kb.data(), dQ.data() + q0 * Dp, rows, nk, Dp);     // dQ += dS K
+          pv_block(PT.data(), dOw, dV.data(), krows, nw, Dp);   // dV += P^T dO
+          pv_block(dST.data(), Qw, dK.data(), krows, nw, Dp);   // dK += dS^T Q
+          pv_block(P.data(), Kb.data(), dQw, wrows, nk, Dp);    // dQ += dS K
+          if (dQw == dQc.data())
+            for (int64_t t = 0; t < nw; ++t)
+              for (int64_t d = 0; d < Dp; ++d) dQ[(q0 + live[t]) * Dp + d] += dQc[t * Dp + d];
         }
         T* dkb = static_cast<T*>(bp.dk) + ((b * H + h) * Nk + k0) * D;
         T* dvb = static_cast<T*>(bp.dv) + ((b * H + h) * Nk + k0) * D;
