@@ -1,7 +1,7 @@
 """Whole-model cases: taskkernels' model classes against Hugging Face's (default SDPA attention),
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
-(lengths spread from half to full), ViT on 224px images."""
+(lengths spread from half to full), ViT and ConvNeXt on 224px images."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from ..harness import Case, Prepared, Provider, pick_cases
 BASELINE = "hf"
 MODES = ("forward", "forward+backward")
 
-# name -> (model, batch, sequence or image size, hidden, layers, heads)
+# name -> (model, batch, sequence or image size, hidden, layers, heads); for ConvNeXt, hidden is
+# the first stage's width (then x2, x4, x8) and layers the four stages' depths.
 GPU_CASES = {
     "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
     "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
+    "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
 }
 CPU_CASES = {
     "BERT 4 x 256 wide, 256 padded, batch 8": ("bert", 8, 256, 256, 4, 4),
     "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
+    "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
 
@@ -31,7 +34,12 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
 
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=4 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    if kind == "bert":
+    if kind == "convnext":
+        cfg = transformers.ConvNextConfig(hidden_sizes=[hidden * m for m in (1, 2, 4, 8)], depths=list(layers),
+                                          num_labels=1000)
+        hf = transformers.ConvNextForImageClassification(cfg)
+        ours = models.ConvNextForImageClassification
+    elif kind == "bert":
         cfg = transformers.BertConfig(vocab_size=30522, max_position_embeddings=max(512, size), num_labels=2, **common)
         hf = transformers.BertForSequenceClassification(cfg)
         ours = models.BertForSequenceClassification

@@ -1,7 +1,7 @@
 """Thin nn.Module classes that route models' hot paths through taskkernels ops."""
 
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
-from .convnext import ConvNextLayer
+from .convnext import ConvNextForImageClassification, ConvNextLayer, ConvNextModel
 from .mask2former import MaskedCrossAttention, use_masked_attention
 from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
 
@@ -10,7 +10,9 @@ __all__ = [
     "BertForSequenceClassification",
     "BertForTokenClassification",
     "BertModel",
+    "ConvNextForImageClassification",
     "ConvNextLayer",
+    "ConvNextModel",
     "MaskedCrossAttention",
     "ViTEmbeddings",
     "ViTForImageClassification",
