@@ -2,7 +2,13 @@
 
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextForImageClassification, ConvNextLayer, ConvNextModel
-from .mask2former import MaskedCrossAttention, use_masked_attention
+from .mask2former import (
+    Mask2FormerForUniversalSegmentation,
+    Mask2FormerHungarianMatcher,
+    Mask2FormerMaskedAttentionDecoder,
+    MaskedCrossAttention,
+    use_masked_attention,
+)
 from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
 
 __all__ = [
@@ -13,6 +19,9 @@ __all__ = [
     "ConvNextForImageClassification",
     "ConvNextLayer",
     "ConvNextModel",
+    "Mask2FormerForUniversalSegmentation",
+    "Mask2FormerHungarianMatcher",
+    "Mask2FormerMaskedAttentionDecoder",
     "MaskedCrossAttention",
     "ViTEmbeddings",
     "ViTForImageClassification",
