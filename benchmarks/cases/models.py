@@ -1,7 +1,9 @@
 """Whole-model cases: taskkernels' model classes against Hugging Face's (default SDPA attention),
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
-(lengths spread from half to full), ViT and ConvNeXt on 224px images."""
+(lengths spread from half to full), ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
+decoder (9 layers, 100 queries, hidden 256, 8 heads) on random pixel-decoder features of an image
+of the given size (levels at 1/32, 1/16, 1/8; mask features at 1/4)."""
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ GPU_CASES = {
     "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
     "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
     "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
+    "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
 }
 CPU_CASES = {
     "BERT 4 x 256 wide, 256 padded, batch 8": ("bert", 8, 256, 256, 4, 4),
     "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
     "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
+    "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
 
@@ -34,6 +38,13 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
 
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=4 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if kind == "m2f-decoder":
+        from transformers.models.mask2former import modeling_mask2former as m2f
+
+        cfg = transformers.Mask2FormerConfig(hidden_dim=hidden, mask_feature_size=hidden, num_attention_heads=heads,
+                                             decoder_layers=layers, num_queries=100, dropout=0.0)
+        hf = m2f.Mask2FormerMaskedAttentionDecoder(cfg).to(device=device, dtype=dtype)
+        return hf, models.Mask2FormerMaskedAttentionDecoder.from_hf(hf)
     if kind == "convnext":
         cfg = transformers.ConvNextConfig(hidden_sizes=[hidden * m for m in (1, 2, 4, 8)], depths=list(layers),
                                           num_labels=1000)
@@ -57,6 +68,16 @@ def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
         lengths = torch.linspace(size // 2, size, B).long()
         mask = (torch.arange(size)[None] < lengths[:, None]).long()
         args = dict(input_ids=(torch.randint(1, 30522, (B, size)) * mask).to(device), attention_mask=mask.to(device))
+    elif kind == "m2f-decoder":
+        sizes = [(size // s, size // s) for s in (32, 16, 8)]
+        feats = [torch.randn(h * w, B, hidden, device=device, dtype=dtype) for h, w in sizes]
+        pos = [torch.randn(h * w, B, hidden, device=device, dtype=dtype) for h, w in sizes]
+        args = dict(inputs_embeds=torch.randn(100, B, hidden, device=device, dtype=dtype),
+                    multi_stage_positional_embeddings=pos, encoder_hidden_states=feats,
+                    pixel_embeddings=torch.randn(B, hidden, size // 4, size // 4, device=device, dtype=dtype),
+                    query_position_embeddings=torch.randn(100, B, hidden, device=device, dtype=dtype),
+                    feature_size_list=[torch.Size(s) for s in sizes], return_dict=True)
+        return dict(hf=hf, ours=ours, args=args, output=lambda out: out.masks_queries_logits[-1])
     else:
         args = dict(pixel_values=torch.randn(B, 3, size, size, device=device, dtype=dtype))
     return dict(hf=hf, ours=ours, args=args)
@@ -71,7 +92,8 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
 def _model(key):
     def prepare(inp):
         model = inp[key]
-        return Prepared(lambda: model(**inp["args"]).logits, list(model.parameters()))
+        output = inp.get("output", lambda out: out.logits)
+        return Prepared(lambda: output(model(**inp["args"])), list(model.parameters()))
 
     return prepare
 
