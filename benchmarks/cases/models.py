@@ -1,7 +1,7 @@
 """Whole-model cases: taskkernels' model classes against Hugging Face's (default SDPA attention),
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
-(lengths spread from half to full), ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
+(lengths spread from half to full), GPT-2 on full sequences (causal), ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
 decoder (9 layers, 100 queries, hidden 256, 8 heads) on random pixel-decoder features of an image
 of the given size (levels at 1/32, 1/16, 1/8; mask features at 1/4)."""
 
@@ -20,12 +20,14 @@ GPU_CASES = {
     "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
     "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
     "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
+    "GPT-2 124M 1024 tokens, batch 8": ("gpt2", 8, 1024, 768, 12, 12),
     "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
 }
 CPU_CASES = {
     "BERT 4 x 256 wide, 256 padded, batch 8": ("bert", 8, 256, 256, 4, 4),
     "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
     "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
+    "GPT-2 4 x 256 wide, 256 tokens, batch 4": ("gpt2", 4, 256, 256, 4, 4),
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
@@ -45,6 +47,11 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
                                              decoder_layers=layers, num_queries=100, dropout=0.0)
         hf = m2f.Mask2FormerMaskedAttentionDecoder(cfg).to(device=device, dtype=dtype)
         return hf, models.Mask2FormerMaskedAttentionDecoder.from_hf(hf)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max(1024, size),
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        hf = transformers.GPT2LMHeadModel(cfg).to(device=device, dtype=dtype)
+        return hf, models.GPT2LMHeadModel.from_hf(hf)
     if kind == "convnext":
         cfg = transformers.ConvNextConfig(hidden_sizes=[hidden * m for m in (1, 2, 4, 8)], depths=list(layers),
                                           num_labels=1000)
@@ -64,7 +71,9 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
 
 def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
     hf, ours = _pair(kind, size, hidden, layers, heads, dtype, device)
-    if kind == "bert":
+    if kind == "gpt2":
+        args = dict(input_ids=torch.randint(0, 50257, (B, size), device=device))
+    elif kind == "bert":
         lengths = torch.linspace(size // 2, size, B).long()
         mask = (torch.arange(size)[None] < lengths[:, None]).long()
         args = dict(input_ids=(torch.randint(1, 30522, (B, size)) * mask).to(device), attention_mask=mask.to(device))

@@ -2,6 +2,7 @@
 
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextForImageClassification, ConvNextLayer, ConvNextModel
+from .gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
 from .mask2former import (
     Mask2FormerForUniversalSegmentation,
     Mask2FormerHungarianMatcher,
@@ -19,6 +20,9 @@ __all__ = [
     "ConvNextForImageClassification",
     "ConvNextLayer",
     "ConvNextModel",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "KVCache",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerHungarianMatcher",
     "Mask2FormerMaskedAttentionDecoder",
