@@ -1,7 +1,8 @@
 """Whole-model cases: taskkernels' model classes against Hugging Face's (default SDPA attention),
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
-(lengths spread from half to full), GPT-2 on full sequences (causal), ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
+(lengths spread from half to full), GPT-2 on full sequences (causal), BART on padded sources with
+teacher-forced targets, ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
 decoder (9 layers, 100 queries, hidden 256, 8 heads) on random pixel-decoder features of an image
 of the given size (levels at 1/32, 1/16, 1/8; mask features at 1/4)."""
 
@@ -15,12 +16,14 @@ BASELINE = "hf"
 MODES = ("forward", "forward+backward")
 
 # name -> (model, batch, sequence or image size, hidden, layers, heads); for ConvNeXt, hidden is
-# the first stage's width (then x2, x4, x8) and layers the four stages' depths.
+# the first stage's width (then x2, x4, x8) and layers the four stages' depths; for BART, size is
+# (source, target) lengths and layers the depth of the encoder and of the decoder.
 GPU_CASES = {
     "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
     "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
     "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
     "GPT-2 124M 1024 tokens, batch 8": ("gpt2", 8, 1024, 768, 12, 12),
+    "BART-base 1024 in, 128 out, batch 8": ("bart", 8, (1024, 128), 768, 6, 12),
     "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
 }
 CPU_CASES = {
@@ -28,6 +31,7 @@ CPU_CASES = {
     "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
     "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
     "GPT-2 4 x 256 wide, 256 tokens, batch 4": ("gpt2", 4, 256, 256, 4, 4),
+    "BART 2+2 x 256 wide, 256 in, 64 out, batch 4": ("bart", 4, (256, 64), 256, 2, 4),
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
@@ -47,6 +51,13 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
                                              decoder_layers=layers, num_queries=100, dropout=0.0)
         hf = m2f.Mask2FormerMaskedAttentionDecoder(cfg).to(device=device, dtype=dtype)
         return hf, models.Mask2FormerMaskedAttentionDecoder.from_hf(hf)
+    if kind == "bart":
+        cfg = transformers.BartConfig(d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                                      encoder_attention_heads=heads, decoder_attention_heads=heads,
+                                      encoder_ffn_dim=4 * hidden, decoder_ffn_dim=4 * hidden, dropout=0.0,
+                                      attention_dropout=0.0, activation_dropout=0.0)
+        hf = transformers.BartForConditionalGeneration(cfg).to(device=device, dtype=dtype)
+        return hf, models.BartForConditionalGeneration.from_hf(hf)
     if kind == "gpt2":
         cfg = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max(1024, size),
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -73,6 +84,12 @@ def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
     hf, ours = _pair(kind, size, hidden, layers, heads, dtype, device)
     if kind == "gpt2":
         args = dict(input_ids=torch.randint(0, 50257, (B, size), device=device))
+    elif kind == "bart":
+        src, tgt = size
+        lengths = torch.linspace(src // 2, src, B).long()
+        mask = (torch.arange(src)[None] < lengths[:, None]).long().to(device)
+        args = dict(input_ids=torch.randint(3, 50265, (B, src), device=device), attention_mask=mask,
+                    decoder_input_ids=torch.randint(3, 50265, (B, tgt), device=device))
     elif kind == "bert":
         lengths = torch.linspace(size // 2, size, B).long()
         mask = (torch.arange(size)[None] < lengths[:, None]).long()

@@ -1,5 +1,6 @@
 """Thin nn.Module classes that route models' hot paths through taskkernels ops."""
 
+from .bart import BartForConditionalGeneration, BartModel
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextForImageClassification, ConvNextLayer, ConvNextModel
 from .gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
@@ -13,6 +14,8 @@ from .mask2former import (
 from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
 
 __all__ = [
+    "BartForConditionalGeneration",
+    "BartModel",
     "BertForQuestionAnswering",
     "BertForSequenceClassification",
     "BertForTokenClassification",
