@@ -2,7 +2,7 @@
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
 (lengths spread from half to full), GPT-2 on full sequences (causal), BART on padded sources with
-teacher-forced targets, ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
+teacher-forced targets, Wav2Vec2 (CTC loss included) on padded audio, ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
 decoder (9 layers, 100 queries, hidden 256, 8 heads) on random pixel-decoder features of an image
 of the given size (levels at 1/32, 1/16, 1/8; mask features at 1/4)."""
 
@@ -24,6 +24,7 @@ GPU_CASES = {
     "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
     "GPT-2 124M 1024 tokens, batch 8": ("gpt2", 8, 1024, 768, 12, 12),
     "BART-base 1024 in, 128 out, batch 8": ("bart", 8, (1024, 128), 768, 6, 12),
+    "Wav2Vec2-base CTC, 15 s audio, batch 16": ("wav2vec2", 16, 240000, 768, 12, 12),
     "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
 }
 CPU_CASES = {
@@ -32,6 +33,7 @@ CPU_CASES = {
     "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
     "GPT-2 4 x 256 wide, 256 tokens, batch 4": ("gpt2", 4, 256, 256, 4, 4),
     "BART 2+2 x 256 wide, 256 in, 64 out, batch 4": ("bart", 4, (256, 64), 256, 2, 4),
+    "Wav2Vec2 4 x 256 wide CTC, 4 s audio, batch 4": ("wav2vec2", 4, 64000, 256, 4, 4),
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
@@ -51,6 +53,13 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
                                              decoder_layers=layers, num_queries=100, dropout=0.0)
         hf = m2f.Mask2FormerMaskedAttentionDecoder(cfg).to(device=device, dtype=dtype)
         return hf, models.Mask2FormerMaskedAttentionDecoder.from_hf(hf)
+    if kind == "wav2vec2":
+        cfg = transformers.Wav2Vec2Config(vocab_size=32, hidden_size=hidden, num_hidden_layers=layers,
+                                          num_attention_heads=heads, intermediate_size=4 * hidden, hidden_dropout=0.0,
+                                          attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                                          final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, pad_token_id=0)
+        hf = transformers.Wav2Vec2ForCTC(cfg).to(device=device, dtype=dtype)
+        return hf, models.Wav2Vec2ForCTC.from_hf(hf)
     if kind == "bart":
         cfg = transformers.BartConfig(d_model=hidden, encoder_layers=layers, decoder_layers=layers,
                                       encoder_attention_heads=heads, decoder_attention_heads=heads,
@@ -82,6 +91,13 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
 
 def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
     hf, ours = _pair(kind, size, hidden, layers, heads, dtype, device)
+    if kind == "wav2vec2":  # padded audio (lengths from 60% to full), transcripts of ~1 label per 4 frames
+        lengths = torch.linspace(int(size * 0.6), size, B).long()
+        mask = (torch.arange(size)[None] < lengths[:, None]).long().to(device)
+        labels = torch.randint(1, 32, (B, size // 1280), device=device)
+        args = dict(input_values=torch.randn(B, size, device=device, dtype=dtype) * mask, attention_mask=mask,
+                    labels=labels)
+        return dict(hf=hf, ours=ours, args=args, output=lambda out: out.loss)
     if kind == "gpt2":
         args = dict(input_ids=torch.randint(0, 50257, (B, size), device=device))
     elif kind == "bart":

@@ -12,6 +12,7 @@ from .mask2former import (
     use_masked_attention,
 )
 from .vit import ViTEmbeddings, ViTForImageClassification, ViTModel
+from .wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification, Wav2Vec2Model, ctc_greedy_decode
 
 __all__ = [
     "BartForConditionalGeneration",
@@ -33,5 +34,9 @@ __all__ = [
     "ViTEmbeddings",
     "ViTForImageClassification",
     "ViTModel",
+    "Wav2Vec2ForCTC",
+    "Wav2Vec2ForSequenceClassification",
+    "Wav2Vec2Model",
+    "ctc_greedy_decode",
     "use_masked_attention",
 ]
