@@ -1,8 +1,11 @@
 """Thin nn.Module classes that route models' hot paths through taskkernels ops."""
 
+from . import hf_attention
 from .bart import BartForConditionalGeneration, BartModel
 from .bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 from .convnext import ConvNextForImageClassification, ConvNextLayer, ConvNextModel
+from .detr import DetrForObjectDetection, DetrHungarianMatcher
+from .glpn import GLPNForDepthEstimation
 from .gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
 from .mask2former import (
     Mask2FormerForUniversalSegmentation,
@@ -24,6 +27,9 @@ __all__ = [
     "ConvNextForImageClassification",
     "ConvNextLayer",
     "ConvNextModel",
+    "DetrForObjectDetection",
+    "DetrHungarianMatcher",
+    "GLPNForDepthEstimation",
     "GPT2LMHeadModel",
     "GPT2Model",
     "KVCache",
@@ -38,5 +44,6 @@ __all__ = [
     "Wav2Vec2ForSequenceClassification",
     "Wav2Vec2Model",
     "ctc_greedy_decode",
+    "hf_attention",
     "use_masked_attention",
 ]
