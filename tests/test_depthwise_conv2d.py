@@ -60,6 +60,25 @@ def test_sizes(device, layout, C, HW):
     check(x, torch.randn(C, 1, 7, 7, dtype=torch.float64, device=device), None, None)
 
 
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("HW", [(1, 1), (9, 5), (7, 7), (6, 8), (11, 9)])
+def test_float32_narrow_planes(K, HW):
+    """float32 NCHW planes up to 8 columns wide (the CPU's unrolled kernel for K = 3, 5, 7; the
+    input gradient runs it too) and just wider, against float64."""
+    x = torch.randn(2, 5, *HW)
+    w, b = torch.randn(5, 1, K, K), torch.randn(5)
+    ours = taskkernels.depthwise_conv2d(x, w, b)
+    ref = reference.depthwise_conv2d(x.double(), w.double(), b.double(), K // 2)
+    torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    check(x.double(), w.double(), b.double(), K // 2)  # (float64: the portable code)
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(ours)
+    (gx,) = torch.autograd.grad(taskkernels.depthwise_conv2d(xg, w, b), xg, g)
+    xr = x.double().requires_grad_()
+    (gr,) = torch.autograd.grad(reference.depthwise_conv2d(xr, w.double(), b.double(), K // 2), xr, g.double())
+    torch.testing.assert_close(gx.double(), gr, rtol=0, atol=1e-5 * max(1.0, gr.abs().max().item()))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("K, padding", [(7, 0), (7, 6), (4, 0), (4, 3), (1, 0), (3, 2)])
