@@ -2,9 +2,11 @@
 same random weights (``from_hf``) and dtype, dropout off. Forward in eval mode; forward+backward
 is a training step's gradient computation over every parameter. BERT with padded batches
 (lengths spread from half to full), GPT-2 on full sequences (causal), BART on padded sources with
-teacher-forced targets, Wav2Vec2 (CTC loss included) on padded audio, ViT and ConvNeXt on 224px images; Mask2Former's masked-attention
-decoder (9 layers, 100 queries, hidden 256, 8 heads) on random pixel-decoder features of an image
-of the given size (levels at 1/32, 1/16, 1/8; mask features at 1/4)."""
+teacher-forced targets, Wav2Vec2 (CTC loss included) on padded audio, DETR (loss with the
+matcher included) on padded images, GLPN (SiLog loss included), ViT and ConvNeXt on 224px
+images; Mask2Former's masked-attention decoder (9 layers, 100 queries, hidden 256, 8 heads) on
+random pixel-decoder features of an image of the given size (levels at 1/32, 1/16, 1/8; mask
+features at 1/4)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ GPU_CASES = {
     "GPT-2 124M 1024 tokens, batch 8": ("gpt2", 8, 1024, 768, 12, 12),
     "BART-base 1024 in, 128 out, batch 8": ("bart", 8, (1024, 128), 768, 6, 12),
     "Wav2Vec2-base CTC, 15 s audio, batch 16": ("wav2vec2", 16, 240000, 768, 12, 12),
+    "DETR-R50 800x1066 with loss, batch 16": ("detr", 16, (800, 1066), 256, 6, 8),
+    "GLPN 480x640 with loss, batch 8": ("glpn", 8, (480, 640), 0, 0, 0),
     "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
 }
 CPU_CASES = {
@@ -34,6 +38,8 @@ CPU_CASES = {
     "GPT-2 4 x 256 wide, 256 tokens, batch 4": ("gpt2", 4, 256, 256, 4, 4),
     "BART 2+2 x 256 wide, 256 in, 64 out, batch 4": ("bart", 4, (256, 64), 256, 2, 4),
     "Wav2Vec2 4 x 256 wide CTC, 4 s audio, batch 4": ("wav2vec2", 4, 64000, 256, 4, 4),
+    "DETR small ResNet 256x320 with loss, batch 2": ("detr", 2, (256, 320), 128, 2, 8),
+    "GLPN 240x320 with loss, batch 2": ("glpn", 2, (240, 320), 0, 0, 0),
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
@@ -53,6 +59,22 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
                                              decoder_layers=layers, num_queries=100, dropout=0.0)
         hf = m2f.Mask2FormerMaskedAttentionDecoder(cfg).to(device=device, dtype=dtype)
         return hf, models.Mask2FormerMaskedAttentionDecoder.from_hf(hf)
+    if kind == "detr":
+        big = hidden >= 256
+        backbone = transformers.ResNetConfig(
+            layer_type="bottleneck" if big else "basic", depths=[3, 4, 6, 3] if big else [1, 1, 1, 1],
+            hidden_sizes=[256, 512, 1024, 2048] if big else [32, 64, 128, 256], out_features=["stage4"])
+        cfg = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+                                      d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                                      encoder_attention_heads=heads, decoder_attention_heads=heads,
+                                      encoder_ffn_dim=8 * hidden, decoder_ffn_dim=8 * hidden, num_labels=91,
+                                      dropout=0.0, attention_dropout=0.0)
+        hf = transformers.DetrForObjectDetection(cfg).to(device=device, dtype=dtype)
+        return hf, models.DetrForObjectDetection.from_hf(hf)
+    if kind == "glpn":
+        cfg = transformers.GLPNConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
+        hf = transformers.GLPNForDepthEstimation(cfg).to(device=device, dtype=dtype)
+        return hf, models.GLPNForDepthEstimation.from_hf(hf)
     if kind == "wav2vec2":
         cfg = transformers.Wav2Vec2Config(vocab_size=32, hidden_size=hidden, num_hidden_layers=layers,
                                           num_attention_heads=heads, intermediate_size=4 * hidden, hidden_dropout=0.0,
@@ -91,6 +113,20 @@ def _pair(kind, size, hidden, layers, heads, dtype, device):
 
 def _inputs(kind, B, size, hidden, layers, heads, dtype, device):
     hf, ours = _pair(kind, size, hidden, layers, heads, dtype, device)
+    if kind == "detr":  # images padded to the batch's size (pixel mask), 1-20 boxes each
+        H, W = size
+        mask = torch.ones(B, H, W, dtype=torch.long, device=device)
+        mask[B // 2:, :, int(W * 0.75):] = 0
+        labels = [dict(class_labels=torch.randint(0, 91, (n,), device=device),
+                       boxes=(torch.rand(n, 4, device=device) * 0.5 + 0.25).to(dtype))
+                  for n in torch.randint(1, 21, (B,)).tolist()]
+        args = dict(pixel_values=torch.randn(B, 3, H, W, device=device, dtype=dtype), pixel_mask=mask, labels=labels)
+        return dict(hf=hf, ours=ours, args=args, output=lambda out: out.loss)
+    if kind == "glpn":
+        H, W = size
+        args = dict(pixel_values=torch.randn(B, 3, H, W, device=device, dtype=dtype),
+                    labels=torch.rand(B, H, W, device=device, dtype=dtype) * 5 + 0.5)
+        return dict(hf=hf, ours=ours, args=args, output=lambda out: out.loss)
     if kind == "wav2vec2":  # padded audio (lengths from 60% to full), transcripts of ~1 label per 4 frames
         lengths = torch.linspace(int(size * 0.6), size, B).long()
         mask = (torch.arange(size)[None] < lengths[:, None]).long().to(device)
