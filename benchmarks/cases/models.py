@@ -39,7 +39,7 @@ CPU_CASES = {
     "BART 2+2 x 256 wide, 256 in, 64 out, batch 4": ("bart", 4, (256, 64), 256, 2, 4),
     "Wav2Vec2 4 x 256 wide CTC, 4 s audio, batch 4": ("wav2vec2", 4, 64000, 256, 4, 4),
     "DETR small ResNet 256x320 with loss, batch 2": ("detr", 2, (256, 320), 128, 2, 8),
-    "GLPN 240x320 with loss, batch 2": ("glpn", 2, (240, 320), 0, 0, 0),
+    "GLPN 224x320 with loss, batch 2": ("glpn", 2, (224, 320), 0, 0, 0),
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
@@ -171,7 +171,7 @@ def _model(key):
     def prepare(inp):
         model = inp[key]
         output = inp.get("output", lambda out: out.logits)
-        return Prepared(lambda: output(model(**inp["args"])), list(model.parameters()))
+        return Prepared(lambda: output(model(**inp["args"])), [p for p in model.parameters() if p.requires_grad])
 
     return prepare
 
