@@ -2,4 +2,4 @@
 provider speed-ups are measured against, default "reference") and ``MODES``. The runner finds
 them by name."""
 
-OPS = ["patch_embed", "attention", "linear_sum_assignment", "hungarian_match", "ctc_loss", "depthwise_conv2d", "depthwise_conv2d_layernorm", "masked_attention", "models"]
+OPS = ["patch_embed", "attention", "linear_sum_assignment", "hungarian_match", "ctc_loss", "depthwise_conv2d", "depthwise_conv2d_layernorm", "masked_attention", "models", "generation"]
