@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..harness import Case, Prepared, Provider, pick_cases
+from .models import transformers_missing
 
 BASELINE = "hf"
 MODES = ("forward",)
@@ -71,11 +72,6 @@ def _generate(key):
 
 
 def providers(device: torch.device) -> list[Provider]:
-    try:
-        import transformers  # noqa: F401
-
-        missing = None
-    except ImportError:
-        missing = "transformers is not installed"
+    missing = transformers_missing()
     return [Provider("taskkernels", _generate("ours"), unavailable=missing),
             Provider(BASELINE, _generate("hf"), unavailable=missing)]

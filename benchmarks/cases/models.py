@@ -176,13 +176,17 @@ def _model(key):
     return prepare
 
 
-def providers(device: torch.device) -> list[Provider]:
+def transformers_missing() -> str | None:
+    """Why the HF comparisons cannot run here (None when transformers is installed)."""
     try:
         import transformers  # noqa: F401
-
-        missing = None
     except ImportError:
-        missing = "transformers is not installed"
+        return "transformers is not installed"
+    return None
+
+
+def providers(device: torch.device) -> list[Provider]:
+    missing = transformers_missing()
     return [
         Provider("taskkernels", _model("ours"), unavailable=missing),
         Provider(BASELINE, _model("hf"), unavailable=missing),

@@ -57,3 +57,33 @@ class FromHF(nn.Module):
 
         hf = getattr(transformers, cls.hf_class_name).from_pretrained(local_dir, local_files_only=True)
         return cls.from_hf(hf)
+
+
+class ConvertsHF:
+    """Classes that hand back HF's own model with our pieces swapped in (where the rest of the
+    model holds no op of ours): ``Cls(config)`` builds one, ``Cls.from_hf(model)`` converts a copy,
+    ``Cls.from_pretrained(local_dir)`` loads a saved directory (nothing downloaded). Subclasses
+    set ``hf_class_name`` and write ``_convert(model) -> model`` (in place)."""
+
+    hf_class_name: str
+
+    def __new__(cls, config):
+        import transformers
+
+        return cls._convert(getattr(transformers, cls.hf_class_name)(config))
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module) -> nn.Module:
+        import copy
+
+        return cls._convert(copy.deepcopy(hf_model))
+
+    @classmethod
+    def from_pretrained(cls, local_dir: str) -> nn.Module:
+        import transformers
+
+        return cls._convert(getattr(transformers, cls.hf_class_name).from_pretrained(local_dir, local_files_only=True))
+
+    @staticmethod
+    def _convert(model: nn.Module) -> nn.Module:
+        raise NotImplementedError

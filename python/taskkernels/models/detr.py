@@ -6,13 +6,13 @@ hold no op of ours."""
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
 from ..ops.hungarian_match import hungarian_match
 from . import hf_attention
+from ._heads import ConvertsHF
 
 __all__ = ["DetrForObjectDetection", "DetrHungarianMatcher", "detr_loss"]
 
@@ -54,26 +54,13 @@ def detr_loss(logits, labels, device, pred_boxes, config, outputs_class=None, ou
     return loss, losses, auxiliary
 
 
-class DetrForObjectDetection:
+class DetrForObjectDetection(ConvertsHF):
     """HF's ``DetrForObjectDetection`` on taskkernels: building one (``(config)``), converting one
     (``from_hf``, a copy) or loading a saved directory (``from_pretrained``) returns an instance
     of HF's class (same keys, call, outputs and losses) whose attention runs on
     :func:`taskkernels.attention` and whose loss matches with :class:`DetrHungarianMatcher`."""
 
-    def __new__(cls, config):
-        import transformers
-
-        return cls._convert(transformers.DetrForObjectDetection(config))
-
-    @classmethod
-    def from_hf(cls, hf_model: nn.Module) -> nn.Module:
-        return cls._convert(copy.deepcopy(hf_model))
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str) -> nn.Module:
-        import transformers
-
-        return cls._convert(transformers.DetrForObjectDetection.from_pretrained(local_dir, local_files_only=True))
+    hf_class_name = "DetrForObjectDetection"
 
     @staticmethod
     def _convert(model: nn.Module) -> nn.Module:

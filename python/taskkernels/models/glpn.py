@@ -5,12 +5,12 @@ ours in them)."""
 
 from __future__ import annotations
 
-import copy
 
 from torch import Tensor, nn
 
 from ..ops.attention import attention
 from ..ops.depthwise_conv2d import depthwise_conv2d
+from ._heads import ConvertsHF
 
 __all__ = ["GLPNDepthWiseConv", "GLPNEfficientSelfAttention", "GLPNForDepthEstimation"]
 
@@ -69,25 +69,12 @@ class GLPNDepthWiseConv(nn.Module):
         return depthwise_conv2d(x, self.dwconv.weight, self.dwconv.bias, padding=1).flatten(2).transpose(1, 2)
 
 
-class GLPNForDepthEstimation:
+class GLPNForDepthEstimation(ConvertsHF):
     """HF's ``GLPNForDepthEstimation`` on taskkernels: ``(config)``, ``from_hf`` (a copy) and
     ``from_pretrained`` return an instance of HF's class (same keys, call, outputs and loss) whose
     encoder attention and Mix-FFN depthwise convolutions are ours."""
 
-    def __new__(cls, config):
-        import transformers
-
-        return cls._convert(transformers.GLPNForDepthEstimation(config))
-
-    @classmethod
-    def from_hf(cls, hf_model: nn.Module) -> nn.Module:
-        return cls._convert(copy.deepcopy(hf_model))
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str) -> nn.Module:
-        import transformers
-
-        return cls._convert(transformers.GLPNForDepthEstimation.from_pretrained(local_dir, local_files_only=True))
+    hf_class_name = "GLPNForDepthEstimation"
 
     @staticmethod
     def _convert(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..ops.linear_sum_assignment import batched_linear_sum_assignment
 from ..ops.masked_attention import masked_attention
+from ._heads import ConvertsHF
 
 __all__ = [
     "Mask2FormerForUniversalSegmentation",
@@ -264,30 +265,14 @@ class Mask2FormerHungarianMatcher(nn.Module):
         return matched
 
 
-class Mask2FormerForUniversalSegmentation:
+class Mask2FormerForUniversalSegmentation(ConvertsHF):
     """HF's ``Mask2FormerForUniversalSegmentation`` on taskkernels: building one (``(config)``),
     converting one (``from_hf``, a copy) or loading a saved directory (``from_pretrained``) returns
     an instance of HF's class (same keys, call, outputs and losses) whose masked-attention decoder
     is :class:`Mask2FormerMaskedAttentionDecoder` and whose loss matcher is
     :class:`Mask2FormerHungarianMatcher`."""
 
-    def __new__(cls, config):
-        import transformers
-
-        return cls._convert(transformers.Mask2FormerForUniversalSegmentation(config))
-
-    @classmethod
-    def from_hf(cls, hf_model: nn.Module) -> nn.Module:
-        import copy
-
-        return cls._convert(copy.deepcopy(hf_model))
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str) -> nn.Module:
-        import transformers
-
-        hf = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(local_dir, local_files_only=True)
-        return cls._convert(hf)
+    hf_class_name = "Mask2FormerForUniversalSegmentation"
 
     @staticmethod
     def _convert(model: nn.Module) -> nn.Module:
