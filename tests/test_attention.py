@@ -315,20 +315,21 @@ def _dropout_keep(generator_seed, B, H, Nq, Nk, p):
     return torch.from_numpy(taskkernels._C._attention_dropout_keep(seed, B, H, Nq, Nk, p))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("features", ["plain", "causal+padding", "bias"])
-def test_dropout_matches_reference_given_the_mask(dtype, features):
+def test_dropout_matches_reference_given_the_mask(device, dtype, features):
     """Forward and backward against the reference applying the same keep-mask (the mask is
-    replayed in the backward from the seed, nothing stored)."""
+    replayed in the backward from the seed, nothing stored); on CUDA, the CPU's mask."""
     B, H, Nq, Nk, D, p = 2, 3, 45, 70, 24, 0.25
-    q, k, v = (torch.randn(B, H, n, D, dtype=dtype, requires_grad=True) for n in (Nq, Nk, Nk))
+    q, k, v = (torch.randn(B, H, n, D, dtype=dtype, device=device, requires_grad=True) for n in (Nq, Nk, Nk))
     kw = {}
     if features == "causal+padding":
-        kw = dict(causal=True, key_padding_mask=torch.rand(B, Nk) < 0.2)
+        kw = dict(causal=True, key_padding_mask=torch.rand(B, Nk, device=device) < 0.2)
     elif features == "bias":
-        kw = dict(attn_bias=torch.randn(1, H, Nq, Nk, dtype=dtype, requires_grad=True))
+        kw = dict(attn_bias=torch.randn(1, H, Nq, Nk, dtype=dtype, device=device, requires_grad=True))
     out = taskkernels.attention(q, k, v, dropout_p=p, generator=torch.Generator().manual_seed(7), **kw)
-    keep = _dropout_keep(7, B, H, Nq, Nk, p)
+    keep = _dropout_keep(7, B, H, Nq, Nk, p).to(device)
     leaves = [q, k, v] + ([kw["attn_bias"]] if "attn_bias" in kw else [])
     exact = [t.detach().double().requires_grad_() for t in leaves]
     ref_kw = dict(kw, attn_bias=exact[3]) if "attn_bias" in kw else kw
@@ -410,7 +411,18 @@ def test_dropout_opcheck_and_compiled_training_step():
 
 
 @requires_cuda
-def test_dropout_on_cuda_says_it_is_not_there_yet():
-    q, k, v = (torch.randn(1, 2, 16, 32, device="cuda", dtype=torch.float16) for _ in range(3))
-    with pytest.raises(RuntimeError, match="attention dropout has no CUDA kernel yet"):
-        taskkernels.attention(q, k, v, dropout_p=0.1)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_dropout_on_cuda_matches_cpu(dtype):
+    """The same seed gives the same mask on both devices (tensor-core and exact kernels)."""
+    q, k, v = (torch.randn(2, 3, n, 64, dtype=dtype, requires_grad=True) for n in (80, 130, 130))
+    g = torch.randn(2, 3, 80, 64, dtype=dtype)
+
+    def run(device):
+        leaves = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
+        out = taskkernels.attention(*leaves, causal=True, dropout_p=0.3, generator=torch.Generator().manual_seed(9))
+        return [out] + list(torch.autograd.grad(out, leaves, g.to(device)))
+
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(("out", "dq", "dk", "dv"), run("cuda"), run("cpu")):
+        torch.testing.assert_close(a.cpu().float(), b.float(), rtol=tol, atol=tol * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")

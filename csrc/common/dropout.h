@@ -22,7 +22,7 @@ TK_HOST_DEVICE uint64_t dropout_hash(uint64_t seed, uint64_t index) {
 
 // Keep threshold for drop probability p: an element is kept when its 24-bit uniform draw
 // (the hash's top bits) is >= threshold, i.e. with probability 1 - threshold / 2^24.
-inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }
+TK_HOST_DEVICE uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }
 
 // Whether element (b, h, i, j) of the (B, H, Nq, Nk) probabilities is kept.
 TK_HOST_DEVICE bool dropout_keep(uint64_t seed, uint32_t threshold, uint64_t index) {

@@ -209,8 +209,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> run_backward(
     return {dq, dk, dv, dbias};
   }
 #ifdef TASKKERNELS_WITH_CUDA
-  TK_CHECK(dropout_p == 0.0, op, "attention dropout has no CUDA kernel yet (dropout_p must be 0 on CUDA, got ",
-           dropout_p, ")");
   TK_CHECK(d.D <= cuda::kMaxAttentionHeadDim, op, "on CUDA the head dimension must be at most ",
            cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));
   Tensor delta = ts::new_empty(q, {d.B * d.H * d.Nq}, lse_dtype(q.scalar_type()));  // rowsum(dO * O)
@@ -317,8 +315,6 @@ std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool cau
                                           std::optional<double> scale, double dropout_p,
                                           std::optional<Tensor> seed) {
   const ts::accelerator::DeviceGuard guard(q.get_device_index());
-  TK_CHECK(dropout_p == 0.0, kOp, "attention dropout has no CUDA kernel yet (dropout_p must be 0 on CUDA, got ",
-           dropout_p, ")");
   Prepared r = prepare(q, k, v, causal, key_padding_mask, attn_bias, scale, dropout_p, seed);
   TK_CHECK(r.p.D <= cuda::kMaxAttentionHeadDim, kOp, "on CUDA the head dimension must be at most ",
            cuda::kMaxAttentionHeadDim, ", got q of shape ", shape_str(q));

@@ -14,7 +14,7 @@ constexpr int64_t kMaxAttentionHeadDim = 256;
 // exact (FMA) kernel otherwise.
 cudaError_t attention_forward(const AttentionParams& p, cudaStream_t stream);
 
-// Gradients (AttentionBackwardParams; no dropout): dq, dk, dv, and dS into dbias when non-null
+// Gradients (AttentionBackwardParams, dropout replayed from its seed): dq, dk, dv, and dS into dbias when non-null
 // (which must arrive zero-filled). `delta` is a workspace of B * H * Nq accumulators (float, or
 // double for float64 inputs). Deterministic: no atomics.
 cudaError_t attention_backward(const AttentionBackwardParams& p, void* delta, cudaStream_t stream);

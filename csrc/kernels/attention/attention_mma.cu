@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/dropout.h"
 #include "kernels/attention/attention.h"
 
 namespace taskkernels::cuda {
@@ -139,6 +140,13 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc_o[dt][e] = 0.f;
 
+  // Attention dropout (common/dropout.h): probabilities counted in the normalizer, then kept
+  // with 1 - p and scaled by 1 / (1 - p) before O += P V; element (b, h, i, j) keyed as on the CPU.
+  const bool dropout = p.dropout_p > 0;
+  const uint32_t threshold = dropout_threshold(p.dropout_p);
+  const float keep_scale = dropout ? float(1.0 / (1.0 - p.dropout_p)) : 1.f;
+  const uint64_t bh_index = uint64_t(b * p.H + h) * uint64_t(Nq);
+
   const int64_t last_row = min(Nq, m0 + kBlockM) - 1;
   const int64_t kend = p.causal ? max(int64_t(0), min(Nk, last_row + shift + 1)) : Nk;
   const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
@@ -225,6 +233,17 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
       }
       l_run[r] = l_run[r] * alpha + sum;  // this thread's share; the quad is summed at the end
       m_run[r] = mnew;
+      if (dropout && row[r] < Nq) {
+        const uint64_t base = (bh_index + uint64_t(row[r])) * uint64_t(Nk);
+#pragma unroll
+        for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = n0 + nt * 8 + 2 * t + e;
+            const bool keep = j < Nk && dropout_keep(p.seed, threshold, base + uint64_t(j));
+            s[nt][2 * r + e] = keep ? s[nt][2 * r + e] * keep_scale : 0.f;
+          }
+      }
 #pragma unroll
       for (int dt = 0; dt < DTILES; ++dt) {
         acc_o[dt][2 * r] *= alpha;

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "common/dropout.h"
 #include "kernels/attention/attention.h"
 #include "kernels/common/tile_gemm.cuh"  // Num<T>
 
@@ -53,6 +54,11 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
   const int64_t shift = p.Nk - p.Nq;
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), i + shift + 1)) : p.Nk;
 
+  // Attention dropout, keyed by element (b, h, i, j) as on the CPU (common/dropout.h).
+  const bool dropout = p.dropout_p > 0;
+  const uint32_t threshold = dropout_threshold(p.dropout_p);
+  const A keep_scale = dropout ? A(1.0 / (1.0 - p.dropout_p)) : A(1);
+
   A m = neg_inf, l = A(0), o[kMaxPerLane];
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) o[u] = A(0);
@@ -84,8 +90,13 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
     const A mnew = fmax(m, warp_max(s));
     if (mnew == neg_inf) continue;  // warp-uniform: nothing visible yet
     const A alpha = m == neg_inf ? A(0) : exp2_(m - mnew);
-    const A pj = s == neg_inf ? A(0) : exp2_(s - mnew);
-    l = l * alpha + warp_sum(pj);
+    A pj = s == neg_inf ? A(0) : exp2_(s - mnew);
+    l = l * alpha + warp_sum(pj);  // the normalizer counts every probability, kept or not
+    if (dropout && j < kend) {
+      pj = dropout_keep(p.seed, threshold, (uint64_t(b * p.H + h) * uint64_t(p.Nq) + uint64_t(i)) * uint64_t(p.Nk) + uint64_t(j))
+               ? pj * keep_scale
+               : A(0);
+    }
     m = mnew;
 #pragma unroll
     for (int u = 0; u < kMaxPerLane; ++u) o[u] *= alpha;

@@ -7,6 +7,8 @@
 //      (query tile, key tile) pair, and dV += P^T dO, dK += dS^T Q accumulate in registers.
 //   3. dQ (and dbias): a block per (b, h, tile of BM queries); key tiles stream through; the same
 //      P and dS recomputed; dQ += dS K in registers; dbias = dS written once per element.
+// Attention dropout is replayed from the seed (common/dropout.h): P Z feeds dV, P (Z dP - delta)
+// is dS.
 //
 // The two passes recompute S twice instead of accumulating dQ with atomics (FlashAttention-2's
 // choice), which makes the result bit-for-bit repeatable. SIMT FMA arithmetic in fp32 (fp64 for
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/dropout.h"
 #include "kernels/attention/attention.h"
 #include "kernels/common/tile_gemm.cuh"  // Num<T>
 
@@ -140,7 +143,16 @@ __device__ void recompute_p_ds(const AttentionBackwardParams& bp, Tiles<A, HD, B
       }
       const A x = s - l2;
       pv = exp2_(x < A(0) ? x : A(0));  // round-off can push a recomputed probability above 1
-      dsv = pv * (dp - t.delta[r]);
+      if (p.dropout_p > 0) {
+        // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP - delta).
+        const bool keep = dropout_keep(p.seed, dropout_threshold(p.dropout_p),
+                                       (uint64_t(b * p.H + h) * uint64_t(p.Nq) + uint64_t(i)) * uint64_t(p.Nk) + uint64_t(j));
+        const A z = keep ? A(1.0 / (1.0 - p.dropout_p)) : A(0);
+        dsv = pv * (dp * z - t.delta[r]);
+        pv *= z;
+      } else {
+        dsv = pv * (dp - t.delta[r]);
+      }
     }
     t.p[r][c] = pv;
     t.ds[r][c] = dsv;
@@ -334,7 +346,7 @@ cudaError_t launch_head_dim(const AttentionBackwardParams& bp, void* delta, cuda
 cudaError_t attention_backward(const AttentionBackwardParams& bp, void* delta, cudaStream_t stream) {
   const AttentionParams& p = bp.fwd;
   if (p.B * p.H == 0) return cudaSuccess;
-  if (p.D > kMaxAttentionHeadDim || p.H > 65535 || p.B > 65535 || p.dropout_p > 0) return cudaErrorInvalidValue;
+  if (p.D > kMaxAttentionHeadDim || p.H > 65535 || p.B > 65535) return cudaErrorInvalidValue;
   switch (p.dtype) {
     case AttnDType::kHalf: return launch_head_dim<__half, float>(bp, delta, stream);
     case AttnDType::kBFloat16: return launch_head_dim<__nv_bfloat16, float>(bp, delta, stream);

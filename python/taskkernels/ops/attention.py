@@ -61,7 +61,8 @@ def attention(
             > 0; pass 0 in eval): each probability is kept with 1 - dropout_p and scaled by
             1 / (1 - dropout_p), so the mean output is unbiased. The mask comes from a counter-based
             hash of a seed drawn from torch's generator (or ``generator``) and the element's index:
-            nothing is stored, and the backward replays the same mask. CPU only for now.
+            nothing is stored, and the backward replays the same mask; CPU and CUDA draw the same mask
+            from the same seed.
         generator: the torch.Generator the dropout seed is drawn from (default: torch's global one).
 
     Returns:
