@@ -67,7 +67,9 @@ def test_loss_and_gradients_match_hf(device):
     torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
     want.loss.backward()
     got.loss.backward()
-    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-6)
+    # Gradients here are O(0.1-1); the embedding and first-layer ones sum many float32 terms in
+    # another order than HF's (seen up to 4e-6 apart over 30 seeds), so atol is 1e-5.
+    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-5)
 
 
 def test_kv_cache_steps_equal_one_pass():

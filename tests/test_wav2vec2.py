@@ -51,9 +51,10 @@ def test_ctc_logits_loss_and_gradients_match_hf(device, stable, reduction):
     torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-5)
     want.loss.backward()
     got.loss.backward()
-    # "sum" adds the per-sequence losses instead of averaging per target token: gradients ~20x
-    # larger here, and so is their float32 rounding.
-    assert_same_grads(ours, hf, rtol=1e-3, atol=1e-5 if reduction == "mean" else 2e-4)
+    # atol relative to each parameter's largest gradient: "sum" adds the per-sequence losses
+    # instead of averaging per target token, so its gradients (and their float32 rounding) are
+    # ~20x larger. Over 20 seeds per case the worst error was a third of this bound.
+    assert_same_grads(ours, hf, rtol=1e-3, atol=1e-5, scale_atol=True)
 
 
 def test_without_attention_mask_and_greedy_decode():
