@@ -32,10 +32,10 @@ echo "== tests (CUDA and CPU)"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== compute-sanitizer (memcheck, then racecheck) on a subset"
-SUBSET="cuda and (test_kernel_sizes_and_layouts or test_gradients_are_deterministic or test_matches_f_ctc_loss or test_edge_lengths_and_repeats or test_infeasible or test_extreme_logits or test_from_logits_dtypes or test_cuda_device_lengths or test_forward_options or test_cuda_matches_cpu or test_cuda_backward_is_deterministic or (test_backward_matches_reference and bfloat16 and strided) or test_padding_and_bias or test_rows_with_nothing_visible or test_gradcheck_float64 or (test_structured_masks and bfloat16) or test_gradients_with_skipped_tiles or test_fully_blocked_rows_attend_everywhere or test_packed_bits)"
+SUBSET="cuda and (test_kernel_sizes_and_layouts or test_gradients_are_deterministic or test_matches_f_ctc_loss or test_edge_lengths_and_repeats or test_infeasible or test_extreme_logits or test_from_logits_dtypes or test_cuda_device_lengths or test_forward_options or test_cuda_matches_cpu or test_cuda_backward_is_deterministic or (test_backward_matches_reference and bfloat16 and strided) or test_padding_and_bias or test_rows_with_nothing_visible or test_gradcheck_float64 or (test_structured_masks and bfloat16) or test_gradients_with_skipped_tiles or test_fully_blocked_rows_attend_everywhere or test_packed_bits or (test_cuda_equals_cpu and float32) or test_cuda_integer_ties_and_maximize or test_cuda_unsolved_problems)"
 for tool in memcheck racecheck; do
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 7 \
-    "$PY" -m pytest tests/test_patch_embed.py tests/test_attention.py tests/test_ctc_loss.py tests/test_depthwise_conv2d.py tests/test_masked_attention.py -q -x -p no:cacheprovider -k "$SUBSET" > "$OUT/sanitizer-$tool.log" 2>&1
+    "$PY" -m pytest tests/test_patch_embed.py tests/test_attention.py tests/test_ctc_loss.py tests/test_depthwise_conv2d.py tests/test_masked_attention.py tests/test_linear_sum_assignment.py -q -x -p no:cacheprovider -k "$SUBSET" > "$OUT/sanitizer-$tool.log" 2>&1
   rc=$?
   echo "$tool: exit $rc; $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitizer-$tool.log" | tail -2 | tr '\n' ' ')"
   [ $rc -eq 0 ] || status=1

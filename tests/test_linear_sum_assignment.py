@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import taskkernels
+from conftest import DEVICES, requires_cuda
 from taskkernels import reference
 
 scipy_opt = pytest.importorskip("scipy.optimize", reason="scipy is the reference")
@@ -153,6 +154,104 @@ def test_batched_opcheck_and_compile():
     assert torch.equal(compiled(cost, num_targets), taskkernels.batched_linear_sum_assignment(cost * 2, num_targets))
 
 
+# ---- batched op on CUDA (one thread block per problem, no host synchronization) -------------
+def _solved_cost(cost, assignment):
+    """Total cost of each problem's assignment, in float64."""
+    rows = assignment >= 0
+    picked = torch.gather(cost.double(), 2, assignment.clamp(min=0)[..., None])[..., 0]
+    return (picked * rows).sum(1)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(16, 100, 50), (8, 100, 1), (4, 30, 30), (4, 20, 45), (2, 900, 60)], ids=str)
+def test_cuda_equals_cpu(dtype, shape):
+    B, N, M = shape
+    cost = torch.randn(B, N, M, dtype=torch.float64).to(dtype)
+    num_targets = torch.randint(0, M + 1, (B,))
+    num_targets[0] = M
+    cpu = taskkernels.batched_linear_sum_assignment(cost, num_targets)
+    gpu = taskkernels.batched_linear_sum_assignment(cost.cuda(), num_targets.cuda())
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.int64 and gpu.shape == (B, N)
+    # Same total cost always; the same indices where the optimum is unique (float64/float32 draws;
+    # fp16/bf16 round the costs onto a grid where ties happen).
+    torch.testing.assert_close(_solved_cost(cost, gpu.cpu()), _solved_cost(cost, cpu), rtol=1e-12, atol=1e-9)
+    if dtype in (torch.float64, torch.float32):
+        assert torch.equal(gpu.cpu(), cpu)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(6, 30, 30), (6, 20, 45), (6, 45, 20)], ids=str)
+def test_cuda_integer_ties_and_maximize(shape):
+    cost = torch.randint(0, 5, shape).double()
+    for maximize in (False, True):
+        ref = reference.batched_linear_sum_assignment(cost, maximize=maximize)
+        gpu = taskkernels.batched_linear_sum_assignment(cost.cuda(), maximize=maximize).cpu()
+        assert torch.equal(_solved_cost(cost, gpu), _solved_cost(cost, ref))
+        for row in gpu:  # a valid assignment: min(N, M) distinct columns
+            used = row[row >= 0]
+            assert len(used) == min(shape[1:]) and len(set(used.tolist())) == len(used)
+
+
+@requires_cuda
+def test_cuda_large_forbidden_and_non_contiguous():
+    cost = torch.rand(1, 1000, 1000, dtype=torch.float64)
+    assert torch.equal(taskkernels.batched_linear_sum_assignment(cost.cuda()).cpu(),
+                       taskkernels.batched_linear_sum_assignment(cost))
+    forbidden = torch.rand(3, 40, 40, dtype=torch.float64)
+    forbidden[torch.rand_like(forbidden) < 0.5] = float("inf")
+    forbidden[:, torch.arange(40), torch.arange(40)] = 1.0  # keeps each problem feasible
+    assert torch.equal(taskkernels.batched_linear_sum_assignment(forbidden.cuda()).cpu(),
+                       taskkernels.batched_linear_sum_assignment(forbidden))
+    strided = torch.randn(4, 50, 100, dtype=torch.float64).transpose(1, 2)  # (4, 100, 50), not contiguous
+    assert torch.equal(taskkernels.batched_linear_sum_assignment(strided.cuda()).cpu(),
+                       taskkernels.batched_linear_sum_assignment(strided.contiguous()))
+
+
+@requires_cuda
+def test_cuda_deterministic_and_int32_counts():
+    cost = torch.randn(64, 100, 30, device="cuda")
+    counts = torch.randint(0, 31, (64,), device="cuda", dtype=torch.int32)
+    first = taskkernels.batched_linear_sum_assignment(cost, counts)
+    assert torch.equal(first, taskkernels.batched_linear_sum_assignment(cost, counts.long()))
+    assert torch.equal(first, taskkernels.batched_linear_sum_assignment(cost, counts))
+
+
+@requires_cuda
+def test_cuda_unsolved_problems_are_reported_in_place_or_raised():
+    cost = torch.randn(4, 5, 5, device="cuda", dtype=torch.float64)
+    cost[1, 2, 3] = float("nan")
+    cost[2, :, 0] = float("inf")
+    counts = torch.tensor([5, 5, 5, 6], device="cuda")
+    got = taskkernels.batched_linear_sum_assignment(cost, counts).cpu()
+    assert (got[1] == -2).all() and (got[2] == -3).all() and (got[3] == -4).all()
+    assert torch.equal(got[0], taskkernels.batched_linear_sum_assignment(cost[:1].cpu())[0])
+    with pytest.raises(RuntimeError, match=r"cost\[1\] contains invalid entries"):
+        taskkernels.batched_linear_sum_assignment(cost, counts, check=True)
+    with pytest.raises(RuntimeError, match=r"cost\[0\] is infeasible"):
+        taskkernels.batched_linear_sum_assignment(cost[2:3], check=True)
+    with pytest.raises(RuntimeError, match=r"num_targets must be on the device of cost \(cuda:0\), got cpu"):
+        taskkernels.batched_linear_sum_assignment(cost, counts.cpu())
+
+
+def test_raise_on_unsolved_turns_the_cuda_codes_into_the_cpu_errors():
+    taskkernels.raise_on_unsolved(torch.tensor([[0, -1], [1, 0]]))  # -1 (unassigned row) is fine
+    taskkernels.raise_on_unsolved(torch.empty(0, 3, dtype=torch.int64))
+    for code, message in [(-2, r"cost\[1\] contains invalid entries \(NaN, or -inf\)"),
+                          (-3, r"cost\[1\] is infeasible"), (-4, r"num_targets\[1\] must be in \[0, M\]")]:
+        with pytest.raises(RuntimeError, match=message):
+            taskkernels.raise_on_unsolved(torch.tensor([[0, 1], [code, code], [-2, -2]]))
+
+
+@requires_cuda
+def test_cuda_opcheck_and_compile():
+    cost = torch.randn(3, 7, 5, device="cuda")
+    num_targets = torch.tensor([5, 0, 3], device="cuda")
+    torch.library.opcheck(torch.ops.taskkernels.batched_linear_sum_assignment.default, (cost, num_targets, False))
+    compiled = torch.compile(lambda c, n: taskkernels.batched_linear_sum_assignment(c * 2, n), fullgraph=True)
+    assert torch.equal(compiled(cost, num_targets), taskkernels.batched_linear_sum_assignment(cost * 2, num_targets))
+
+
 # ---- DETR's matcher --------------------------------------------------------------------------
 def _detr_batch(B, N, C, counts):
     logits = torch.randn(B, N, C + 1)
@@ -162,13 +261,16 @@ def _detr_batch(B, N, C, counts):
     return logits, boxes, targets
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("counts", [[3, 0, 7, 1], [50] * 4, [1], [12, 30]], ids=str)
-def test_hungarian_match_equals_hf(counts):
+def test_hungarian_match_equals_hf(counts, device):
     pytest.importorskip("transformers", reason="HF's matcher is the reference")
     from transformers.loss.loss_for_object_detection import HungarianMatcher
 
     logits, boxes, targets = _detr_batch(len(counts), 100, 91, counts)
     hf = HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)(dict(logits=logits, pred_boxes=boxes), targets)
+    logits, boxes = logits.to(device), boxes.to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     ours = taskkernels.hungarian_match(logits, boxes, targets, cost_class=1, cost_bbox=5, cost_giou=2)
     assert len(ours) == len(hf)
     for (i, j), (hi, hj) in zip(ours, hf):

@@ -13,7 +13,7 @@ from .ops.attention import attention, attention_with_lse
 from .ops.ctc_loss import ctc_loss, ctc_loss_from_logits
 from .ops.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_layernorm
 from .ops.hungarian_match import hungarian_cost, hungarian_match
-from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment
+from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment, raise_on_unsolved
 from .ops.masked_attention import masked_attention, pack_attention_mask
 from .ops.patch_embed import patch_embed
 
@@ -43,6 +43,7 @@ __all__ = [
     "hungarian_cost",
     "hungarian_match",
     "linear_sum_assignment",
+    "raise_on_unsolved",
     "masked_attention",
     "pack_attention_mask",
     "patch_embed",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.linear_sum_assignment import batched_linear_sum_assignment
+from ..ops.linear_sum_assignment import batched_linear_sum_assignment, raise_on_unsolved
 from ..ops.masked_attention import masked_attention
 from ._heads import ConvertsHF
 
@@ -258,6 +258,7 @@ class Mask2FormerHungarianMatcher(nn.Module):
         for i, c in enumerate(costs):
             padded[i, :, : c.shape[1]] = c
         assigned = batched_linear_sum_assignment(padded, num_targets.to(padded.device)).cpu()
+        raise_on_unsolved(assigned)
         matched = []
         for i in range(B):
             rows = (assigned[i] >= 0).nonzero().squeeze(1)

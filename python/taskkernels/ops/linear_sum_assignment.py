@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import _C
 
-__all__ = ["linear_sum_assignment", "batched_linear_sum_assignment"]
+__all__ = ["linear_sum_assignment", "batched_linear_sum_assignment", "raise_on_unsolved"]
 
 
 def linear_sum_assignment(cost_matrix, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -37,17 +37,23 @@ def linear_sum_assignment(cost_matrix, maximize: bool = False) -> tuple[np.ndarr
 
 
 def batched_linear_sum_assignment(
-    cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False
+    cost: Tensor, num_targets: Tensor | None = None, maximize: bool = False, *, check: bool = False
 ) -> Tensor:
     """Solves B assignment problems in one call; the result is on the cost's device.
 
-    On CUDA tensors the solve runs on the CPU for now (one copy and synchronization, as in HF's
-    matcher); a CUDA solver that keeps everything on the device is planned.
+    On CUDA one kernel launch solves the whole batch (a thread block per problem) and nothing is
+    copied to the host: ``num_targets`` is read on the device, and a problem that cannot be solved
+    is reported in its row of the result instead of raising (every entry set to -2: NaN or the
+    wrong-signed inf in its cost, -3: infeasible, -4: ``num_targets[b]`` out of range). Pass
+    ``check=True`` to raise the CPU's errors there instead (one host synchronization).
 
     Args:
-        cost: (B, N, M) floating tensor. Problem b uses the first ``num_targets[b]`` columns.
-        num_targets: (B,) int64/int32 with values in [0, M], or None (all M columns).
+        cost: (B, N, M) floating tensor, any strides. Problem b uses the first
+            ``num_targets[b]`` columns.
+        num_targets: (B,) int64/int32 on the cost's device with values in [0, M], or None (all M
+            columns).
         maximize: maximum-weight assignment instead.
+        check: on CUDA, raise for problems that could not be solved (the CPU always raises).
 
     Returns:
         (B, N) int64: the column assigned to each row, or -1 for a row left unassigned (when a
@@ -56,7 +62,29 @@ def batched_linear_sum_assignment(
 
     Raises a RuntimeError naming the batch entry on NaN or an infeasible problem.
     """
-    return torch.ops.taskkernels.batched_linear_sum_assignment(cost, num_targets, maximize)
+    assignment = torch.ops.taskkernels.batched_linear_sum_assignment(cost, num_targets, maximize)
+    if check and assignment.is_cuda:
+        raise_on_unsolved(assignment, maximize)
+    return assignment
+
+
+_UNSOLVED = {
+    -2: lambda b, maximize: f"cost[{b}] contains invalid entries (NaN, or {'+inf when maximizing' if maximize else '-inf'})",
+    -3: lambda b, maximize: f"cost[{b}] is infeasible: no complete assignment avoids its forbidden (inf) entries",
+    -4: lambda b, maximize: f"num_targets[{b}] must be in [0, M]",
+}
+
+
+def raise_on_unsolved(assignment: Tensor, maximize: bool = False) -> None:
+    """Raises the CPU solver's RuntimeError for the first problem the CUDA solver reported as
+    unsolved (entries below -1); synchronizes with the device when ``assignment`` is on one."""
+    if assignment.numel() == 0:
+        return
+    worst = assignment.min(dim=1).values.cpu()
+    failed = (worst < -1).nonzero().flatten()
+    if len(failed):
+        b = int(failed[0])
+        raise RuntimeError(f"taskkernels.batched_linear_sum_assignment: {_UNSOLVED[int(worst[b])](b, maximize)}")
 
 
 @torch.library.register_fake("taskkernels::batched_linear_sum_assignment")
@@ -68,10 +96,12 @@ def _batched_lsa_fake(cost, num_targets=None, maximize=False):
     return cost.new_empty(cost.shape[:2], dtype=torch.int64)
 
 
-@torch.library.impl("taskkernels::batched_linear_sum_assignment", "CUDA")
-def _batched_lsa_cuda_via_host(cost, num_targets=None, maximize=False):
-    """Until the CUDA solver lands: solve on the CPU and return the result on the cost's device
-    (one device-to-host copy and synchronization, as HF's matcher does). Same results."""
-    cpu = torch.ops.taskkernels.batched_linear_sum_assignment(
-        cost.cpu(), None if num_targets is None else num_targets.cpu(), maximize)
-    return cpu.to(cost.device)
+if not _C.build_info()["cuda"]:
+    # A build without CUDA kernels, on a CUDA torch: solve on the CPU and return the result on the
+    # cost's device (one copy and synchronization, as HF's matcher does), so DETR's matching still
+    # runs. Builds with CUDA kernels register the device solver from C++.
+    @torch.library.impl("taskkernels::batched_linear_sum_assignment", "CUDA")
+    def _batched_lsa_cuda_via_host(cost, num_targets=None, maximize=False):
+        cpu = torch.ops.taskkernels.batched_linear_sum_assignment(
+            cost.cpu(), None if num_targets is None else num_targets.cpu(), maximize)
+        return cpu.to(cost.device)
