@@ -25,6 +25,7 @@ class Case:
     dtype: torch.dtype
     make_inputs: Callable[[], dict]  # fresh random inputs on the benchmark device
     flops: dict = field(default_factory=dict)  # mode -> floating-point operations (stated formula)
+    bytes: dict = field(default_factory=dict)  # mode -> bytes that must move (each read once, written once)
 
 
 @dataclass

@@ -103,10 +103,12 @@ def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float) -
                 if t is not None and provider.name not in errors:
                     row = dict(median_ms=t.median_ms, q20_ms=t.q20_ms, q80_ms=t.q80_ms, repeats=t.repeats,
                                peak_mem_mb=t.peak_mem_mb, error=None)
-                flops = case.flops.get(mode)
+                flops, moved = case.flops.get(mode), case.bytes.get(mode)
                 row.update(op=op, case=case.name, dtype=str(case.dtype).replace("torch.", ""), mode=mode,
                            provider=provider.name, flops=flops,
-                           tflops=(flops / (row["median_ms"] * 1e-3) / 1e12) if flops and row["median_ms"] else None)
+                           tflops=(flops / (row["median_ms"] * 1e-3) / 1e12) if flops and row["median_ms"] else None,
+                           bytes=moved,
+                           gbps=(moved / (row["median_ms"] * 1e-3) / 1e9) if moved and row["median_ms"] else None)
                 rows.append(row)
                 bar.update(1)
         del ready, sets
@@ -128,7 +130,7 @@ def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float) -
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'case':28} {'dtype':9} {'mode':17} {'provider':18} {'median ms':>10} {'q20-q80 ms':>17} {'TFLOP/s':>8} {'peak MB':>8} {'vs base':>7} {'vs best':>7}"
+    header = f"{'case':28} {'dtype':9} {'mode':17} {'provider':18} {'median ms':>10} {'q20-q80 ms':>17} {'TFLOP/s':>8} {'GB/s':>7} {'peak MB':>8} {'vs base':>7} {'vs best':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -137,10 +139,11 @@ def print_table(rows: list[dict]) -> None:
             continue
         spread = f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f}"
         tf = f"{r['tflops']:.3g}" if r["tflops"] else "-"
+        bw = f"{r['gbps']:.0f}" if r.get("gbps") else "-"
         mem = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-"
         sp = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
         best = f"{r['speedup_vs_best_other']:.2f}x" if r.get("speedup_vs_best_other") else "-"
-        print(f"{r['case']:28} {r['dtype']:9} {r['mode']:17} {r['provider']:18} {r['median_ms']:10.3f} {spread:>17} {tf:>8} {mem:>8} {sp:>7} {best:>7}")
+        print(f"{r['case']:28} {r['dtype']:9} {r['mode']:17} {r['provider']:18} {r['median_ms']:10.3f} {spread:>17} {tf:>8} {bw:>7} {mem:>8} {sp:>7} {best:>7}")
 
 
 def main(argv=None) -> int:

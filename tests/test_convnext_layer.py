@@ -71,8 +71,6 @@ def classifier_config(**kw):
 def test_image_classifier_matches_hf_logits_loss_and_gradients(device, fused_front, channels_last):
     from taskkernels.models import ConvNextForImageClassification
 
-    if fused_front and device == "cuda":
-        pytest.skip("the fused front has no CUDA kernel yet (its CUDA call raises; tested in test_depthwise_conv2d)")
     hf = transformers.ConvNextForImageClassification(classifier_config()).to(device).train()
     ours = ConvNextForImageClassification.from_hf(hf, fused_front=fused_front).train()
     assert set(ours.state_dict()) == set(hf.state_dict())

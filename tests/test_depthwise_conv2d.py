@@ -226,11 +226,11 @@ def test_portable_cpu_build_agrees():
 # ---- the fused ConvNeXt front: depthwise_conv2d + LayerNorm over channels -------------------------
 
 
-def fused_args(layout, dtype=torch.float64, C=12, H=9, W=14, K=7, affine=True):
-    x = make_x(2, C, H, W, layout, dtype=dtype)
+def fused_args(layout, dtype=torch.float64, C=12, H=9, W=14, K=7, affine=True, device="cpu"):
+    x = make_x(2, C, H, W, layout, dtype=dtype, device=device)
     params = [torch.randn(C, 1, K, K) / K, torch.randn(C)]
     params += [torch.randn(C), torch.randn(C)] if affine else [None, None]
-    return [x] + [p.to(dtype) if p is not None else None for p in params]
+    return [x] + [p.to(device, dtype) if p is not None else None for p in params]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -299,7 +299,33 @@ def test_fused_front_errors():
 
 
 @requires_cuda
-def test_fused_front_on_cuda_says_it_has_no_kernel_yet():
-    args = [a.cuda() for a in fused_args("nchw", dtype=torch.float32)]
-    with pytest.raises(RuntimeError, match="depthwise_conv2d_layernorm: cannot run on CUDA: this op has no CUDA kernel yet"):
-        taskkernels.depthwise_conv2d_layernorm(*args)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+# The fused kernel (K 3/5/7, C <= 1024; C = 12, 33 leave threads of the last warp idle) and the
+# two-kernel path (K = 9, C = 1100).
+@pytest.mark.parametrize("K,C", [(7, 96), (7, 12), (3, 40), (5, 33), (9, 16), (7, 1100)], ids=str)
+def test_fused_front_on_cuda(dtype, layout, K, C):
+    ours_in = [a.requires_grad_() for a in fused_args(layout, dtype, C=C, H=9, W=14, K=K, device="cuda")]
+    exact = [a.detach().cpu().double().requires_grad_() for a in ours_in]
+    out = taskkernels.depthwise_conv2d_layernorm(*ours_in)
+    low = reference.depthwise_conv2d_layernorm(*ours_in)
+    ref = reference.depthwise_conv2d_layernorm(*exact)
+    assert out.is_cuda and out.is_contiguous()
+    assert_within_reference_error(out, low, ref, dtype, "output")
+    grad = torch.randn_like(ref)
+    ours_g = torch.autograd.grad(out, ours_in, grad.to("cuda", dtype))
+    low_g = torch.autograd.grad(low, ours_in, grad.to("cuda", dtype))
+    ref_g = torch.autograd.grad(ref, exact, grad)
+    for name, a, l, r in zip(("x", "weight", "bias", "ln_weight", "ln_bias"), ours_g, low_g, ref_g):
+        assert_within_reference_error(a, l, r, dtype, f"grad {name}")
+    again = torch.autograd.grad(taskkernels.depthwise_conv2d_layernorm(*ours_in), ours_in, grad.to("cuda", dtype))
+    assert all(torch.equal(a, b) for a, b in zip(ours_g, again)), "two runs differ"
+
+
+@requires_cuda
+def test_fused_front_on_cuda_without_affine_and_with_odd_padding():
+    x, w, b, _, _ = fused_args("channels_last", torch.float32, affine=False, device="cuda")
+    for padding in (0, 2):
+        out = taskkernels.depthwise_conv2d_layernorm(x, w, b, None, None, padding=padding)
+        ref = reference.depthwise_conv2d_layernorm(x.double(), w.double(), b.double(), None, None, padding=padding)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,8 @@
 """Depthwise 7x7 cases: the four ConvNeXt-T stages, NCHW and channels_last. Speed-ups are over
 F.conv2d(groups=C) (the reference) in the same memory format. FLOPs: 2 x 49 per output
-(backward: input and weight gradients, twice that)."""
+(backward: input and weight gradients, twice that). Bytes (for GB/s, against the device's copy
+bandwidth): forward reads x and writes y; backward reads grad_out and x and writes grad_x; the
+weights are negligible."""
 
 from __future__ import annotations
 
@@ -37,8 +39,15 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         modes = {"forward": flops, "backward": 2 * flops, "forward+backward": 3 * flops}
         for dtype in dtypes:
             out.append(Case(name, dtype, lambda b=b, c=c, s=s, fmt=fmt, dtype=dtype: _inputs(b, c, s, fmt, dtype, device),
-                            modes))
+                            modes, tensor_bytes(b * c * s * s, dtype)))
     return out
+
+
+def tensor_bytes(numel: int, dtype: torch.dtype) -> dict:
+    """Bytes that must move per mode for an op that maps one activation to one of the same size:
+    2 tensors forward, 3 backward (grad_out, the saved input, grad_input)."""
+    one = numel * torch.empty((), dtype=dtype).element_size()
+    return {"forward": 2 * one, "backward": 3 * one, "forward+backward": 5 * one}
 
 
 def _functional(fn):

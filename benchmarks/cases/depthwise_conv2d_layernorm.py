@@ -1,6 +1,7 @@
 """The ConvNeXt block front: depthwise 7x7 + bias, permute to (B, H, W, C), LayerNorm over C. The
 reference is HF ConvNextLayer's code (F.conv2d, permute, F.layer_norm); also timed: our
-depthwise_conv2d followed by F.layer_norm. Same stages and formats as depthwise_conv2d's cases."""
+depthwise_conv2d followed by F.layer_norm. Same stages and formats as depthwise_conv2d's cases;
+bytes as there (x in, the normalized tensor out; backward grad_out and x in, grad_x out)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import taskkernels
 from taskkernels import reference
 
 from ..harness import REFERENCE, Case, Prepared, Provider, pick_cases
-from .depthwise_conv2d import CPU_CASES, GPU_CASES, QUICK_CASES
+from .depthwise_conv2d import CPU_CASES, GPU_CASES, QUICK_CASES, tensor_bytes
 
 
 def _inputs(B, C, S, fmt, dtype, device):
@@ -25,8 +26,9 @@ def _inputs(B, C, S, fmt, dtype, device):
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     table, dtypes = pick_cases(device, quick, GPU_CASES, CPU_CASES, QUICK_CASES, [torch.bfloat16, torch.float32])
-    return [Case(name, dtype, lambda a=args, dtype=dtype: _inputs(*a, dtype, device))
-            for name, args in table.items() for dtype in dtypes]
+    return [Case(name, dtype, lambda a=a, dtype=dtype: _inputs(*a, dtype, device),
+                 bytes=tensor_bytes(a[0] * a[1] * a[2] * a[2], dtype))
+            for name, a in table.items() for dtype in dtypes]
 
 
 def _unfused_ours(x, weight, bias, ln_weight, ln_bias):
@@ -42,9 +44,8 @@ def _functional(fn):
 
 
 def providers(device: torch.device) -> list[Provider]:
-    fused_missing = None if device.type == "cpu" else "the fused op has no CUDA kernel yet"
     return [
-        Provider("taskkernels", _functional(taskkernels.depthwise_conv2d_layernorm), unavailable=fused_missing),
+        Provider("taskkernels", _functional(taskkernels.depthwise_conv2d_layernorm)),
         Provider("tk dwconv + F.layer_norm", _functional(_unfused_ours)),
         Provider(REFERENCE, _functional(reference.depthwise_conv2d_layernorm)),
     ]

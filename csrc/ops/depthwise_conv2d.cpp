@@ -1,5 +1,5 @@
 // depthwise_conv2d and its two backward ops, and the fused ConvNeXt front (depthwise_conv2d +
-// LayerNorm over channels, CPU only for now) with its backward: schemas, argument checks, CPU and CUDA
+// LayerNorm over channels) with its backward: schemas, argument checks, CPU and CUDA
 // registrations. Layout: channels_last inputs run the channels-last kernels and give
 // channels_last outputs; anything else runs the NCHW kernels (any strides) and gives NCHW.
 #include <torch/csrc/stable/accelerator.h>
@@ -213,16 +213,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, 
   // The channels-last kernel needs unit channel stride; it writes conv as (B, Ho, Wo, C).
   const Tensor xc = x.stride(1) == 1 || C == 1 ? x : as_channels_last(x);
   Tensor conv = ts::new_empty(x, {B, Ho, Wo, C});
-  if (conv.numel() > 0) convolve(xc, weight, bias, K, padding, true, conv.mutable_data_ptr());
   const Tensor y = ts::permute(conv, {0, 3, 1, 2});
   const auto gamma = ln_weight.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_weight)) : std::nullopt;
   const auto beta = ln_bias.has_value() ? std::optional<Tensor>(ts::contiguous(*ln_bias)) : std::nullopt;
   Tensor out = ts::new_empty(x, {B, Ho, Wo, C});
   Tensor mean = ts::new_empty(x, {B, Ho, Wo}, acc_dtype(x.scalar_type()));
   Tensor rstd = ts::new_empty(x, {B, Ho, Wo}, acc_dtype(x.scalar_type()));
-  if (out.numel() > 0)
-    cpu::channel_layernorm_forward(norm_params(y, gamma, beta, eps, out.mutable_data_ptr(), mean.mutable_data_ptr(),
-                                               rstd.mutable_data_ptr()));
+  if (out.numel() == 0) return {out, conv, mean, rstd};
+  const ChannelNormParams norm =
+      norm_params(y, gamma, beta, eps, out.mutable_data_ptr(), mean.mutable_data_ptr(), rstd.mutable_data_ptr());
+  if (x.is_cpu()) {
+    convolve(xc, weight, bias, K, padding, true, conv.mutable_data_ptr());
+    cpu::channel_layernorm_forward(norm);
+    return {out, conv, mean, rstd};
+  }
+#ifdef TASKKERNELS_WITH_CUDA
+  const ts::accelerator::DeviceGuard guard(x.get_device_index());
+  auto stream = static_cast<cudaStream_t>(current_cuda_stream(x.get_device_index(), kOp));
+  const Tensor w = ts::contiguous(weight);
+  const std::optional<Tensor> b = bias.has_value() ? std::optional<Tensor>(ts::contiguous(*bias)) : std::nullopt;
+  const DwConvParams cp =
+      params(xc, w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, conv.mutable_data_ptr(), K, padding, true, false);
+  if (cuda::fused_front_supported(cp)) {
+    check_cuda(cuda::depthwise_conv2d_layernorm_forward(cp, norm, stream), kOp, "the CUDA fused front kernel");
+  } else {
+    check_cuda(cuda::depthwise_conv2d_forward(cp, stream), kOp, "the CUDA forward kernel");
+    check_cuda(cuda::channel_layernorm_forward(norm, stream), kOp, "the CUDA LayerNorm kernel");
+  }
+#endif
   return {out, conv, mean, rstd};
 }
 
@@ -258,12 +276,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm_ba
     if (glnw.numel()) ts::zero_(glnw);
     if (glnb.numel()) ts::zero_(glnb);
   } else {
-    cpu::channel_layernorm_backward({norm_params(y, gamma, std::nullopt, 0.0, nullptr,
-                                                 const_cast<void*>(m.const_data_ptr()),
-                                                 const_cast<void*>(r.const_data_ptr())),
-                                     go.const_data_ptr(), dy.mutable_data_ptr(),
-                                     glnw.numel() ? glnw.mutable_data_ptr() : nullptr,
-                                     glnb.numel() ? glnb.mutable_data_ptr() : nullptr});
+    const ChannelNormBackwardParams g{norm_params(y, gamma, std::nullopt, 0.0, nullptr,
+                                                  const_cast<void*>(m.const_data_ptr()),
+                                                  const_cast<void*>(r.const_data_ptr())),
+                                      go.const_data_ptr(), dy.mutable_data_ptr(),
+                                      glnw.numel() ? glnw.mutable_data_ptr() : nullptr,
+                                      glnb.numel() ? glnb.mutable_data_ptr() : nullptr};
+    if (x.is_cpu()) {
+      cpu::channel_layernorm_backward(g);
+    } else {
+#ifdef TASKKERNELS_WITH_CUDA
+      const ts::accelerator::DeviceGuard guard(x.get_device_index());
+      const size_t bytes = cuda::channel_layernorm_backward_workspace(g);
+      Tensor workspace = ts::new_empty(x, {int64_t(bytes)}, ScalarType::Byte);
+      auto stream = static_cast<cudaStream_t>(current_cuda_stream(x.get_device_index(), kOp));
+      check_cuda(cuda::channel_layernorm_backward(g, bytes ? workspace.mutable_data_ptr() : nullptr, stream), kOp,
+                 "the CUDA LayerNorm backward kernels");
+#endif
+    }
   }
   const Tensor dy_nchw = ts::permute(dy, {0, 3, 1, 2});  // channels_last view of the conv output's grad
   Tensor gx = need_x ? depthwise_conv2d_backward_input(dy_nchw, weight, padding, is_channels_last(x)) : empty0();
@@ -306,5 +336,7 @@ STABLE_TORCH_LIBRARY_IMPL(taskkernels, CUDA, m) {
   m.impl("depthwise_conv2d", TORCH_BOX(&taskkernels::depthwise_conv2d));
   m.impl("depthwise_conv2d_backward_input", TORCH_BOX(&taskkernels::depthwise_conv2d_backward_input));
   m.impl("depthwise_conv2d_backward_weight", TORCH_BOX(&taskkernels::depthwise_conv2d_backward_weight));
+  m.impl("depthwise_conv2d_layernorm", TORCH_BOX(&taskkernels::depthwise_conv2d_layernorm));
+  m.impl("depthwise_conv2d_layernorm_backward", TORCH_BOX(&taskkernels::depthwise_conv2d_layernorm_backward));
 }
 #endif

@@ -133,7 +133,8 @@ def depthwise_conv2d_layernorm(
 
     Gradients for every tensor argument through ``depthwise_conv2d_layernorm_backward`` (from the
     convolution output and LayerNorm statistics the forward keeps); the parameter gradients are
-    summed in a fixed order. CPU only for now (a CUDA call raises and says so).
+    summed in a fixed order. On CUDA one kernel computes the convolution and the LayerNorm (for
+    K = 3, 5, 7 and C <= 1024; otherwise the depthwise kernel, then a LayerNorm kernel).
     """
     if padding is None:
         K = weight.shape[-1] if weight.dim() == 4 else 0
