@@ -63,8 +63,8 @@ def test_sizes(device, layout, C, HW):
 @pytest.mark.parametrize("K", [3, 5, 7])
 @pytest.mark.parametrize("HW", [(1, 1), (9, 5), (7, 7), (6, 8), (11, 9)])
 def test_float32_narrow_planes(K, HW):
-    """float32 NCHW planes up to 8 columns wide (the CPU's unrolled kernel for K = 3, 5, 7; the
-    input gradient runs it too) and just wider, against float64."""
+    """float32 NCHW planes up to 8 columns wide and just wider (the CPU's channel-tile kernel;
+    the input gradient runs it too), against float64; with padding 0 the row-vector kernel."""
     x = torch.randn(2, 5, *HW)
     w, b = torch.randn(5, 1, K, K), torch.randn(5)
     ours = taskkernels.depthwise_conv2d(x, w, b)
@@ -77,6 +77,41 @@ def test_float32_narrow_planes(K, HW):
     xr = x.double().requires_grad_()
     (gr,) = torch.autograd.grad(reference.depthwise_conv2d(xr, w.double(), b.double(), K // 2), xr, g.double())
     torch.testing.assert_close(gx.double(), gr, rtol=0, atol=1e-5 * max(1.0, gr.abs().max().item()))
+    if min(HW) >= K:
+        ours = taskkernels.depthwise_conv2d(x, w, b, 0)
+        ref = reference.depthwise_conv2d(x.double(), w.double(), b.double(), 0)
+        torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()))
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "row_slice"])
+def test_float32_channel_tiles(K, layout):
+    """The CPU's float32 kernel for K = 3, 5, 7 with 'same' padding (eight channels per vector):
+    every width up to 17 and 28 (one block per row below 8 columns, first/interior/last blocks
+    above; below 8 columns images go in pairs, and batch 3 leaves one alone), channel counts
+    that leave a partial group of eight, and rows that are a slice of wider rows (its full-width
+    loads read past the row end). Output and input gradient (the same
+    kernel on the rotated filter) against float64."""
+    for W in list(range(1, 18)) + [28]:
+        for C in (1, 5, 8, 13, 16):
+            H = 3 + W % 5
+            if layout == "row_slice":
+                x = torch.randn(3, C, H, W + 5)[..., :W]
+            else:
+                x = make_x(3, C, H, W, layout, dtype=torch.float32)
+            w, b = torch.randn(C, 1, K, K), torch.randn(C)
+            xg = x.clone().requires_grad_() if layout != "row_slice" else x.detach().requires_grad_()
+            ours = taskkernels.depthwise_conv2d(xg, w, b)
+            xr = x.double().requires_grad_()
+            ref = reference.depthwise_conv2d(xr, w.double(), b.double(), K // 2)
+            msg = f"W={W} C={C}"
+            torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()),
+                                       msg=lambda m: f"{msg}: {m}")
+            g = torch.randn_like(ref)
+            (gx,) = torch.autograd.grad(ours, xg, g.float())
+            (gr,) = torch.autograd.grad(ref, xr, g)
+            torch.testing.assert_close(gx.double(), gr, rtol=0, atol=1e-5 * max(1.0, gr.abs().max().item()),
+                                       msg=lambda m: f"{msg} grad x: {m}")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -222,18 +222,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> depthwise_conv2d_layernorm(Tensor x, 
   if (out.numel() == 0) return {out, conv, mean, rstd};
   const ChannelNormParams norm =
       norm_params(y, gamma, beta, eps, out.mutable_data_ptr(), mean.mutable_data_ptr(), rstd.mutable_data_ptr());
+  const Tensor w = ts::contiguous(weight);
+  const std::optional<Tensor> b = bias.has_value() ? std::optional<Tensor>(ts::contiguous(*bias)) : std::nullopt;
+  const DwConvParams cp =
+      params(xc, w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, conv.mutable_data_ptr(), K, padding, true, false);
   if (x.is_cpu()) {
-    convolve(xc, weight, bias, K, padding, true, conv.mutable_data_ptr());
+    cpu::depthwise_conv2d_forward(cp);
     cpu::channel_layernorm_forward(norm);
     return {out, conv, mean, rstd};
   }
 #ifdef TASKKERNELS_WITH_CUDA
   const ts::accelerator::DeviceGuard guard(x.get_device_index());
   auto stream = static_cast<cudaStream_t>(current_cuda_stream(x.get_device_index(), kOp));
-  const Tensor w = ts::contiguous(weight);
-  const std::optional<Tensor> b = bias.has_value() ? std::optional<Tensor>(ts::contiguous(*bias)) : std::nullopt;
-  const DwConvParams cp =
-      params(xc, w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, conv.mutable_data_ptr(), K, padding, true, false);
   if (cuda::fused_front_supported(cp)) {
     check_cuda(cuda::depthwise_conv2d_layernorm_forward(cp, norm, stream), kOp, "the CUDA fused front kernel");
   } else {
