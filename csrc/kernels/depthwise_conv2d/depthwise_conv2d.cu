@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/depthwise_conv2d/depthwise_conv2d.h"
+#include "kernels/depthwise_conv2d/dtype.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -25,18 +26,10 @@ constexpr int kTileH = 32, kTileW = 64, kStrip = 8, kThreads = 256;
 constexpr int kStripCl = 4;
 constexpr int kMaxK = 31;
 
-template <class T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-template <class T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <class T> __device__ __forceinline__ T from_acc(double v) { return v; }
+using dw::Acc;
+using dw::dispatch;
+using dw::from_acc;
+using dw::to_acc;
 
 template <class T>
 __device__ __forceinline__ typename Acc<T>::type weight_at(const DwConvParams& p, int64_t c, int t) {
@@ -203,17 +196,6 @@ __global__ void weight_grad_finish(DwConvWeightGradParams g, GradSplit s, const 
   } else if (g.gb) {
     static_cast<T*>(g.gb)[c] = from_acc<T>(total);
   }
-}
-
-template <class F>
-int dispatch(DwDType t, F&& f) {
-  switch (t) {
-    case DwDType::kHalf: return f(__half{});
-    case DwDType::kBFloat16: return f(__nv_bfloat16{});
-    case DwDType::kFloat: return f(float{});
-    case DwDType::kDouble: return f(double{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 size_t acc_size(DwDType t) { return t == DwDType::kDouble ? sizeof(double) : sizeof(float); }

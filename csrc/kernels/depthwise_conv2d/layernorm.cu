@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "kernels/depthwise_conv2d/depthwise_conv2d.h"
+#include "kernels/depthwise_conv2d/dtype.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -32,18 +33,10 @@ constexpr int kMaxFusedC = 1024;       // a thread per channel
 constexpr int kWarpsPerBlock = 8;      // warp-per-pixel kernels
 constexpr int kParamThreads = 128;     // channels per block of the parameter-gradient sums
 
-template <class T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-template <class T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <class T> __device__ __forceinline__ T from_acc(double v) { return v; }
+using dw::Acc;
+using dw::dispatch;
+using dw::from_acc;
+using dw::to_acc;
 
 template <class A>
 __device__ __forceinline__ A warp_sum(A v) {
@@ -254,17 +247,6 @@ __global__ void layernorm_param_finish(ChannelNormBackwardParams g, ParamSplit s
   }
   if (g.ggamma) static_cast<T*>(g.ggamma)[c] = from_acc<T>(sg);
   if (g.gbeta) static_cast<T*>(g.gbeta)[c] = from_acc<T>(sb);
-}
-
-template <class F>
-int dispatch(DwDType t, F&& f) {
-  switch (t) {
-    case DwDType::kHalf: return f(__half{});
-    case DwDType::kBFloat16: return f(__nv_bfloat16{});
-    case DwDType::kFloat: return f(float{});
-    case DwDType::kDouble: return f(double{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 unsigned warp_blocks(int64_t pixels) { return static_cast<unsigned>((pixels + kWarpsPerBlock - 1) / kWarpsPerBlock); }
