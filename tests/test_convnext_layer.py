@@ -9,7 +9,7 @@ from transformers import ConvNextConfig  # noqa: E402
 from transformers.models.convnext.modeling_convnext import ConvNextLayer as HFConvNextLayer  # noqa: E402
 
 from taskkernels.models import ConvNextLayer  # noqa: E402
-from conftest import DEVICES, assert_same_grads  # noqa: E402
+from conftest import DEVICES, assert_close_scaled, assert_same_grads  # noqa: E402
 
 
 def hf_layer(dim=24, scale=1e-6, device="cpu"):
@@ -37,12 +37,12 @@ def test_matches_hf_forward_and_gradients(device, channels_last):
         x = x.to(memory_format=torch.channels_last)
     x_hf, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_hf, out = hf(x_hf), ours(x_ours)
-    torch.testing.assert_close(out, out_hf, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(out, out_hf, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out)
     out_hf.backward(g)
     out.backward(g)
-    torch.testing.assert_close(x_ours.grad, x_hf.grad, rtol=1e-4, atol=1e-4)
-    assert_same_grads(ours, hf, rtol=1e-4, atol=1e-4)
+    assert_close_scaled(x_ours.grad, x_hf.grad, rtol=1e-4, atol=1e-4)
+    assert_same_grads(ours, hf, rtol=1e-4)
 
 
 def test_drop_path_in_training_only():
@@ -79,11 +79,11 @@ def test_image_classifier_matches_hf_logits_loss_and_gradients(device, fused_fro
         x = x.to(memory_format=torch.channels_last)
     labels = torch.randint(0, 5, (3,), device=device)
     hf_out, out = hf(pixel_values=x, labels=labels), ours(x, labels=labels)
-    torch.testing.assert_close(out.logits, hf_out.logits, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(out.logits, hf_out.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.loss, hf_out.loss, rtol=1e-5, atol=1e-5)
     out.loss.backward()
     hf_out.loss.backward()
-    assert_same_grads(ours, hf, rtol=1e-3, atol=1e-5)
+    assert_same_grads(ours, hf, rtol=1e-3)
 
 
 def test_image_classifier_from_pretrained_and_drop_path(tmp_path):
@@ -94,8 +94,12 @@ def test_image_classifier_from_pretrained_and_drop_path(tmp_path):
     ours = ConvNextForImageClassification.from_pretrained(str(tmp_path))
     x = torch.randn(2, 3, 64, 64)
     hf.eval(), ours.eval()
-    torch.testing.assert_close(ours(x).logits, hf(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(ours(x).logits, hf(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
     ours.train()
-    assert not torch.allclose(ours(x).logits, ours(x).logits)  # stochastic depth in training
+    # Stochastic depth in training. It draws per sample and layer, so two passes of a batch of 2
+    # through 5 layers (rates 0-0.3) can draw the same masks (6% by the rates; 5 of 47 runs here);
+    # eight passes all alike: about 1e-6.
+    runs = [ours(x).logits for _ in range(8)]
+    assert any(not torch.allclose(runs[0], r) for r in runs[1:])
     with pytest.raises(ValueError, match="pixel_values must have 3 channels"):
         ours(torch.randn(2, 4, 64, 64))
