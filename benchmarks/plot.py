@@ -14,8 +14,9 @@ from .harness import MODES, REFERENCE
 
 
 def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
-    """Draws the newest non-quick run for device_type (or the newest at all). Returns the path,
-    or None when matplotlib is missing or there is nothing to draw."""
+    """Draws the newest non-quick run of every case (no --cases filter) for device_type, or else
+    the newest at all. Returns the path, or None when matplotlib is missing or there is nothing
+    to draw."""
     try:
         import matplotlib
 
@@ -26,7 +27,7 @@ def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
     runs = [r for r in history["runs"] if r["device_type"] == device_type]
     if not runs:
         return None
-    run = next((r for r in reversed(runs) if not r.get("quick")), runs[-1])
+    run = next((r for r in reversed(runs) if not r.get("quick") and not r.get("cases")), runs[-1])
     baseline = next((r.get("baseline", REFERENCE) for r in run["rows"]), REFERENCE)
     rows = [r for r in run["rows"] if r.get("speedup_vs_reference") and r["provider"] != baseline]
     if not rows:

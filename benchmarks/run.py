@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                       # every op, default device (CUDA if present)
     python -m benchmarks.run --ops patch_embed --device cpu --modes forward
+    python -m benchmarks.run --ops models --device cpu --cases ConvNeXt   # cases whose name has it
 
 Prints a table of times, TFLOP/s, peak memory and speed-ups over the PyTorch reference measured
 in the same run; appends the run to benchmarks/results/<op>.json (device, torch version, git
@@ -64,9 +65,14 @@ def _progress(total: int):
         return _Plain()
 
 
-def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float) -> list[dict]:
+def run_op(op: str, device: torch.device, modes, quick: bool, budget_s: float, only=None) -> list[dict]:
     module = importlib.import_module(f"benchmarks.cases.{op}")
     cases = module.cases(device, quick=quick)
+    if only:
+        names = sorted({c.name for c in cases})
+        cases = [c for c in cases if any(s in c.name for s in only)]
+        if not cases:
+            raise SystemExit(f"--cases {' '.join(only)}: no {op} case name contains any of these; its cases: {', '.join(names)}")
     providers = module.providers(device)
     baseline = getattr(module, "BASELINE", REFERENCE)
     modes = [m for m in modes if m in getattr(module, "MODES", MODES)]
@@ -154,6 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: checks the harness, not speed")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement (after the minimum repeats)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results and plots go")
+    parser.add_argument("--cases", nargs="+", metavar="SUBSTRING",
+                        help="only the cases whose name contains one of these (the run records the filter; "
+                             "plots draw the newest unfiltered run)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -167,11 +176,11 @@ def main(argv=None) -> int:
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         device=device_name(device), device_type=device.type, torch=torch.__version__,
         taskkernels=taskkernels.__version__, build=taskkernels.build_info(), git_commit=git_commit(),
-        quick=args.quick,
+        quick=args.quick, cases=args.cases,
     )
     print(f"# {meta['device']} | torch {meta['torch']} | taskkernels {meta['taskkernels']} @ {meta['git_commit']} | {meta['date']}")
     for op in args.ops:
-        rows = run_op(op, device, args.modes, args.quick, args.budget)
+        rows = run_op(op, device, args.modes, args.quick, args.budget, args.cases)
         print(f"\n## {op} (speed-ups: 'vs base' over {rows[0]['baseline'] if rows else '-'}, 'vs best' over the fastest other provider)")
         print_table(rows)
         path = args.out / f"{op}.json"

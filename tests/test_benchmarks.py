@@ -28,3 +28,26 @@ def test_quick_run_writes_results_and_plot(tmp_path, capsys):
     # A second run appends instead of overwriting.
     run.main(["--ops", "patch_embed", "--device", "cpu", "--quick", "--modes", "forward", "--out", str(tmp_path)])
     assert len(json.loads((tmp_path / "patch_embed.json").read_text())["runs"]) == 2
+
+
+
+def test_cases_filter_runs_only_matching_cases_and_names_them_when_none_match(tmp_path, monkeypatch):
+    import dataclasses
+
+    from benchmarks.cases import patch_embed
+
+    quick_cases = patch_embed.cases
+
+    def two_cases(device, quick=False):  # the quick suite has one case per op: add a second
+        (case,) = quick_cases(device, quick=True)
+        return [case, dataclasses.replace(case, name="other " + case.name)]
+
+    monkeypatch.setattr(patch_embed, "cases", two_cases)
+    run.main(["--ops", "patch_embed", "--device", "cpu", "--quick", "--modes", "forward", "--out", str(tmp_path),
+              "--cases", "other"])
+    (latest,) = json.loads((tmp_path / "patch_embed.json").read_text())["runs"]
+    assert latest["cases"] == ["other"]
+    (case,) = quick_cases(run.torch.device("cpu"), quick=True)
+    assert {r["case"] for r in latest["rows"]} == {"other " + case.name}
+    with pytest.raises(SystemExit, match=r"--cases no-such: no patch_embed case name contains .*: other tiny"):
+        run.main(["--ops", "patch_embed", "--device", "cpu", "--quick", "--out", str(tmp_path), "--cases", "no-such"])
