@@ -8,6 +8,12 @@ namespace taskkernels {
 
 enum class AttnDType { kHalf, kBFloat16, kFloat, kDouble };
 
+// The score dot products q_i . k_j (and dO_i . v_j in the backward) are summed in chunks of this
+// many terms, each chunk's sum then added to the total, on the CPU and in the CUDA SIMT kernels
+// alike: one running float32 sum over D = 256 terms put the scores' rounding, and with it the
+// gradients', at 3-5x PyTorch's (whose GEMMs block their sums). D <= 64 is one chunk: unchanged.
+constexpr int kAttentionDotChunk = 64;
+
 // out[b, h, i] = softmax_j(scale * q_i . k_j + bias[b, h, i, j], masked) @ v, computed in tiles
 // with an online softmax: nothing Nq x Nk is ever stored.
 // Masks: key_padding[b, j] true = key j is padding (ignored); mask_bits (below); causal: key j is

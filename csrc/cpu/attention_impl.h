@@ -100,11 +100,10 @@ inline float exp2_neg(float x) {
 inline double exp2_neg(double x) { return std::exp2(x); }
 
 // S[i][j] = sum_d Q[i][d] * KT[d][j], rows [0, rows), columns [0, cols) (multiples of RB, CB);
-// Q's rows are ldq apart, KT's ldk; S's BK. The sum runs in chunks of DC terms added at the end:
-// one running float32 sum over D = 256 terms put the scores' rounding, and so the gradients', at
-// 3-5x PyTorch's (whose GEMM blocks its sums); chunks of 64 halve it, for a load and an add per
-// accumulator every 64 steps.
-constexpr int64_t DC = 64;
+// Q's rows are ldq apart, KT's ldk; S's BK. The sum runs in chunks of DC terms added at the end
+// (kAttentionDotChunk: why, in common/attention_params.h), for a load and an add per accumulator
+// every DC steps.
+constexpr int64_t DC = kAttentionDotChunk;
 template <class A>
 void qk_block(const A* __restrict Q, const A* __restrict KT, A* __restrict S, int64_t rows,
               int64_t cols, int64_t D, int64_t ldk, int64_t ldq) {

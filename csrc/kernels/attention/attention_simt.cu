@@ -77,7 +77,16 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
     if (j < kend && !((chunk_blocked >> lane) & 1u)) {
       const T* kr = kb + j * p.k_stride[2];
       A dot = A(0);
-      for (int64_t d = 0; d < D; ++d) dot += qs[warp][d] * Num<T>::to_acc(kr[d * p.k_stride[3]]);
+      if constexpr (sizeof(A) == 8) {  // fp64 needs no chunks (and spills registers with them)
+        for (int64_t d = 0; d < D; ++d) dot += qs[warp][d] * Num<T>::to_acc(kr[d * p.k_stride[3]]);
+      } else {  // float: the sum in chunks (common/attention_params.h)
+        for (int64_t d0 = 0; d0 < D; d0 += kAttentionDotChunk) {
+          const int64_t d1 = min(D, d0 + int64_t(kAttentionDotChunk));
+          A part = A(0);
+          for (int64_t d = d0; d < d1; ++d) part += qs[warp][d] * Num<T>::to_acc(kr[d * p.k_stride[3]]);
+          dot += part;
+        }
+      }
       s = dot;
       if (p.bias) {
         const int64_t idx = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2] + j * p.bias_stride[3];

@@ -129,10 +129,17 @@ __device__ void recompute_p_ds(const AttentionBackwardParams& bp, Tiles<A, HD, B
                          !((tile_blocked_bits(p, b, i, n0, BN) >> c) & 1);
     if (visible) {
       A s = A(0), dp = A(0);
+      constexpr int kChunk = HD < kAttentionDotChunk ? HD : kAttentionDotChunk;  // attention_params.h
+#pragma unroll
+      for (int d0 = 0; d0 < HD; d0 += kChunk) {
+        A sc = A(0), dpc = A(0);
 #pragma unroll 8
-      for (int d = 0; d < HD; ++d) {
-        s += t.q[r][d] * t.k[c][d];
-        dp += t.go[r][d] * t.v[c][d];
+        for (int d = d0; d < d0 + kChunk; ++d) {
+          sc += t.q[r][d] * t.k[c][d];
+          dpc += t.go[r][d] * t.v[c][d];
+        }
+        s += sc;
+        dp += dpc;
       }
       s *= sl;
       if (p.bias) {
