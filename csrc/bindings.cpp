@@ -13,6 +13,12 @@
 
 namespace py = pybind11;
 
+#ifdef TASKKERNELS_EMULATE
+namespace taskkernels {
+void emulator_bindings(py::module_& m);  // csrc/emu/torch_device.cpp
+}
+#endif
+
 #ifndef TASKKERNELS_WITH_CUDA
 #define TASKKERNELS_CUDA_ARCHS ""
 #define TASKKERNELS_CUDA_COMPILER_VERSION ""
@@ -40,6 +46,9 @@ py::dict build_info() {
   d["cuda"] = true;
 #else
   d["cuda"] = false;
+#endif
+#ifdef TASKKERNELS_EMULATE
+  d["emulated"] = true;  // the CUDA kernels run on the emulated GPU (csrc/emu): a test build
 #endif
   d["cuda_compiler_version"] = TASKKERNELS_CUDA_COMPILER_VERSION;
   d["cuda_archs"] = split_archs(TASKKERNELS_CUDA_ARCHS);
@@ -109,4 +118,7 @@ PYBIND11_MODULE(_C, m) {
         "The keep-mask attention dropout draws from this seed, as a (B, H, Nq, Nk) bool array (tests).");
   m.def("_ctc_log_space_fallbacks", &taskkernels::cpu::ctc_log_space_fallbacks,
         "How many sequences the CPU CTC loss computed on its log-space path since import (tests).");
+#ifdef TASKKERNELS_EMULATE
+  taskkernels::emulator_bindings(m);
+#endif
 }

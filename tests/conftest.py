@@ -10,15 +10,27 @@ import torch
 # op's schema changed would be reused. Each test session compiles into its own directory.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="taskkernels-inductor-"))
 
+# The emulated GPU (scripts/emulate.sh): the CUDA kernels compiled as host C++ and run on the CPU,
+# under the same test functions as on a device (tests/emulated_cuda.py).
+EMULATED = bool(os.environ.get("TASKKERNELS_EMULATOR"))
+if EMULATED:
+    import emulated_cuda
+
+    emulated_cuda.load_emulated_module(os.environ["TASKKERNELS_EMULATOR"])
+    emulated_cuda.install()
+
 import taskkernels
 
 HAS_CUDA_KERNELS = taskkernels.build_info()["cuda"]
-CUDA_OK = HAS_CUDA_KERNELS and torch.cuda.is_available()
+CUDA_OK = HAS_CUDA_KERNELS and (torch.cuda.is_available() or EMULATED)
 _CUDA_SKIP = (
-    "no CUDA device here" if not torch.cuda.is_available() else "taskkernels was built without CUDA kernels"
+    "no CUDA device here (scripts/emulate.sh runs these tests on the emulated GPU)"
+    if not torch.cuda.is_available()
+    else "taskkernels was built without CUDA kernels"
 )
+_CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason=_CUDA_SKIP)]
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason=_CUDA_SKIP))]
+DEVICES = ["cpu", pytest.param("cuda", marks=_CUDA_MARKS)]
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 # Error floor per dtype, relative to the output's magnitude. The rule (FlashAttention's): our
@@ -28,7 +40,32 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.b
 
 
 def requires_cuda(fn):
-    return pytest.mark.skipif(not CUDA_OK, reason=_CUDA_SKIP)(fn)
+    for mark in _CUDA_MARKS:
+        fn = mark(fn)
+    return fn
+
+
+def emulated_size(device, full: int, emulated: int) -> int:
+    """`full` on a device or the CPU, `emulated` for CUDA on the emulated GPU: a smaller size that
+    still crosses the same tile edges, where the full one would take minutes there."""
+    return emulated if EMULATED and str(device).startswith("cuda") else full
+
+
+def pytest_report_header(config):
+    if EMULATED:
+        return emulated_cuda.describe()
+
+
+@pytest.fixture(autouse=True)
+def emulated_cuda_device(request):
+    """On the emulated GPU, CUDA tests run with the emulated device's dispatch mode active."""
+    if not EMULATED or request.node.get_closest_marker("cuda") is None:
+        yield
+        return
+    # Backward runs on the calling thread: torch's CUDA worker threads would ask the driver for a
+    # primary context.
+    with emulated_cuda.EmulatedCuda(), torch.autograd.set_multithreading_enabled(False):
+        yield
 
 
 def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output"):

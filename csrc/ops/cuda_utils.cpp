@@ -7,6 +7,9 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #endif
+#ifdef TASKKERNELS_EMULATE
+#include "emu/runtime.h"
+#endif
 
 #include "ops/common.h"
 
@@ -44,6 +47,9 @@ void* current_cuda_stream(int32_t device, const char* op) {
     std::lock_guard<std::mutex> lock(g_disabled_mutex);
     TK_CHECK(g_disabled_reason.empty(), op, "cannot run on CUDA: ", g_disabled_reason);
   }
+#ifdef TASKKERNELS_EMULATE
+  return emu::current_stream();  // the emulated GPU's (csrc/emu/torch_device.cpp)
+#endif
   static const GetStreamFn get_stream = lookup_get_stream();
   TK_CHECK(get_stream != nullptr, "cuda",
            "the installed torch has no CUDA support loaded (aoti_torch_get_current_cuda_stream "

@@ -4,7 +4,7 @@
 // (P goes from the S accumulators straight into the A operand of the PV product). Nothing
 // Nq x Nk touches global memory.
 //
-// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4):
+// Fragment layouts of mma.m16n8k16 (kernels/common/ptx.cuh; g = lane / 4, t = lane % 4):
 //   A (16x16, row):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
 //   B (16x8,  col):  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
 //   C (16x8, f32):   c0 c1 (g, 2t..2t+1)  c2 c3 (g+8, 2t..2t+1)
@@ -16,6 +16,8 @@
 
 #include "common/dropout.h"
 #include "kernels/attention/attention.h"
+#include "kernels/common/launch.cuh"
+#include "kernels/common/ptx.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -34,11 +36,7 @@ struct Mma<__half> {
   static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
   static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
   static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::SM80_16x8x16_F32F16F16F32_TN::fma(c, a, b0, b1);
   }
 };
 
@@ -51,11 +49,7 @@ struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
   static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::SM80_16x8x16_F32BF16BF16F32_TN::fma(c, a, b0, b1);
   }
 };
 
@@ -102,7 +96,7 @@ template <class T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams p) {
   constexpr int LD = HD + 8;  // +16 bytes per row: rows stay 16-byte aligned, fewer bank conflicts
   constexpr int KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kBlockN / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + kBlockM * LD;
   T* Vs = Ks + kBlockN * LD;
@@ -304,8 +298,7 @@ cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
     }
   }
   const dim3 grid{unsigned((p.Nq + kBlockM - 1) / kBlockM), unsigned(p.H), unsigned(p.B)};
-  attention_mma_kernel<T, HD><<<grid, kThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(attention_mma_kernel<T, HD>, grid, kThreads, smem, stream, p);
 }
 
 template <class T>

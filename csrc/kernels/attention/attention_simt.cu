@@ -9,6 +9,7 @@
 #include "common/dropout.h"
 #include "kernels/attention/attention.h"
 #include "kernels/common/tile_gemm.cuh"  // Num<T>
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -136,8 +137,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
 template <class T, class A>
 cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
   const dim3 grid{unsigned((p.Nq + kRowsPerBlock - 1) / kRowsPerBlock), unsigned(p.H), unsigned(p.B)};
-  attention_simt_kernel<T, A><<<grid, kRowsPerBlock * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(attention_simt_kernel<T, A>, grid, kRowsPerBlock * 32, 0, stream, p);
 }
 
 }  // namespace

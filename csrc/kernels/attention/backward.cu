@@ -22,6 +22,7 @@
 #include "common/dropout.h"
 #include "kernels/attention/attention.h"
 #include "kernels/common/tile_gemm.cuh"  // Num<T>
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -199,7 +200,7 @@ __device__ __forceinline__ void load_key_tile(const AttentionParams& p, Tiles<A,
 // ---- 2. dK, dV ----------------------------------------------------------------------------------
 template <class T, class A, int HD, int BM, int BN>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(AttentionBackwardParams bp, const A* __restrict__ delta) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   auto& t = *reinterpret_cast<Tiles<A, HD, BM, BN>*>(smem_raw);
   const AttentionParams& p = bp.fwd;
   const int64_t b = blockIdx.z, h = blockIdx.y, n0 = int64_t(blockIdx.x) * BN;
@@ -252,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(AttentionBackwardParams 
 // ---- 3. dQ (and dbias) --------------------------------------------------------------------------
 template <class T, class A, int HD, int BM, int BN>
 __global__ void __launch_bounds__(kThreads) dq_kernel(AttentionBackwardParams bp, const A* __restrict__ delta) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   auto& t = *reinterpret_cast<Tiles<A, HD, BM, BN>*>(smem_raw);
   const AttentionParams& p = bp.fwd;
   const int64_t b = blockIdx.z, h = blockIdx.y, m0 = int64_t(blockIdx.x) * BM;
@@ -310,8 +311,7 @@ cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t str
   if (row_blocks > 0x7fffffff) return cudaErrorInvalidValue;
   cudaError_t err = cudaSuccess;
   if (rows > 0) {
-    delta_kernel<T, A><<<unsigned(row_blocks), kThreads, 0, stream>>>(bp, delta);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_kernel(delta_kernel<T, A>, unsigned(row_blocks), kThreads, 0, stream, bp, delta)) != cudaSuccess) return err;
   }
 
   constexpr size_t smem = sizeof(Tiles<A, HD, BM, BN>);
@@ -319,13 +319,11 @@ cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t str
   if ((err = allow_smem(dq_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
   if (p.Nk > 0) {
     const dim3 grid{unsigned((p.Nk + BN - 1) / BN), unsigned(p.H), unsigned(p.B)};
-    dkdv_kernel<T, A, HD, BM, BN><<<grid, kThreads, smem, stream>>>(bp, delta);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_kernel(dkdv_kernel<T, A, HD, BM, BN>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
   }
   if (p.Nq > 0) {
     const dim3 grid{unsigned((p.Nq + BM - 1) / BM), unsigned(p.H), unsigned(p.B)};
-    dq_kernel<T, A, HD, BM, BN><<<grid, kThreads, smem, stream>>>(bp, delta);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_kernel(dq_kernel<T, A, HD, BM, BN>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }

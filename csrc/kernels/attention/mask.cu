@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/attention/attention.h"
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -44,8 +45,7 @@ cudaError_t launch(const MaskPackParams& p, cudaStream_t stream) {
   const int64_t rows = p.B * p.Q;
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  pack_mask_kernel<T><<<unsigned(blocks), kWarpsPerBlock * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(pack_mask_kernel<T>, unsigned(blocks), kWarpsPerBlock * 32, 0, stream, p);
 }
 
 }  // namespace

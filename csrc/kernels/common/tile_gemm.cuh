@@ -23,6 +23,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/launch.cuh"
+
 namespace taskkernels::cuda {
 
 // ---- numeric helpers -------------------------------------------------------------------------
@@ -299,9 +301,7 @@ cudaError_t launch_tile_gemm(int64_t M, int64_t N, int64_t K, int64_t k_chunk, i
   const int64_t gm = (M + Cfg::BM - 1) / Cfg::BM, gn = (N + Cfg::BN - 1) / Cfg::BN;
   if (gn > 65535 || splits > 65535 || gm > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid{unsigned(gm), unsigned(gn), unsigned(splits)};
-  tile_gemm_kernel<T, TC, OpA, A_K, OpB, B_K, Epi><<<grid, Cfg::THREADS, 0, stream>>>(
-      M, N, K, k_chunk, opa, opb, epi);
-  return cudaGetLastError();
+  return launch_kernel(tile_gemm_kernel<T, TC, OpA, A_K, OpB, B_K, Epi>, grid, Cfg::THREADS, 0, stream, M, N, K, k_chunk, opa, opb, epi);
 }
 
 // K chunk (a multiple of the tile's BK) for `splits` pieces of K.

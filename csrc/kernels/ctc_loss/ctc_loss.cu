@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "kernels/ctc_loss/ctc_loss.h"
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -133,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) ctc_kernel(CtcLossParams p, Layout l
   int32_t* flags = static_cast<int32_t*>(p.workspace);
   if (SR::kLog && flags[b] == 0) return;  // second launch: only the flagged sequences
   unsigned char* ws = static_cast<unsigned char*>(p.workspace) + lay.flags + b * lay.per_seq;
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* smem = dynamic_smem();
   __shared__ double partial[2][3 * kWarps];
   __shared__ int64_t offset_parts[kWarps];
 
@@ -370,9 +371,10 @@ int launch(const CtcLossParams& p, const Layout& lay, cudaStream_t stream) {
     if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lay.smem));
         e != cudaSuccess)
       return e;
-    k<<<static_cast<unsigned>(p.B), kThreads, lay.smem, stream>>>(p, lay);
+    if (cudaError_t e = launch_kernel(k, static_cast<unsigned>(p.B), kThreads, lay.smem, stream, p, lay); e != cudaSuccess)
+      return e;
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "kernels/depthwise_conv2d/depthwise_conv2d.h"
 #include "kernels/depthwise_conv2d/dtype.cuh"
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -40,7 +41,7 @@ __device__ __forceinline__ typename Acc<T>::type weight_at(const DwConvParams& p
 template <class T>
 __global__ void __launch_bounds__(kThreads) forward_nchw(DwConvParams p) {
   using A = typename Acc<T>::type;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   A* w = reinterpret_cast<A*>(smem_raw);
   const int K = static_cast<int>(p.K), tile_w = kTileW + K - 1;
   A* tile = w + K * K;
@@ -209,7 +210,7 @@ int depthwise_conv2d_forward(const DwConvParams& p, cudaStream_t stream) {
     using A = typename Acc<T>::type;
     if (p.channels_last) {
       const int64_t n = p.B * ((p.Ho + kStripCl - 1) / kStripCl) * p.Wo * p.C;
-      forward_nhwc<T><<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+      return launch_kernel(forward_nhwc<T>, static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, stream, p);
     } else {
       const size_t smem = (p.K * p.K + (kTileH + p.K - 1) * (kTileW + p.K - 1)) * sizeof(A);
       if (cudaError_t e = cudaFuncSetAttribute(forward_nchw<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -217,9 +218,8 @@ int depthwise_conv2d_forward(const DwConvParams& p, cudaStream_t stream) {
         return e;
       const dim3 grid(static_cast<unsigned>(p.B * p.C), static_cast<unsigned>((p.Ho + kTileH - 1) / kTileH),
                       static_cast<unsigned>((p.Wo + kTileW - 1) / kTileW));
-      forward_nchw<T><<<grid, kThreads, smem, stream>>>(p);
+      return launch_kernel(forward_nchw<T>, grid, kThreads, smem, stream, p);
     }
-    return cudaGetLastError();
   });
 }
 
@@ -235,10 +235,10 @@ int depthwise_conv2d_weight_grad(const DwConvWeightGradParams& g, void* workspac
     using A = typename Acc<T>::type;
     A* partial = static_cast<A*>(workspace);
     const dim3 grid(static_cast<unsigned>(g.shape.C), static_cast<unsigned>(s.slices));
-    weight_grad_partial<T><<<grid, kThreads, 0, stream>>>(g, s, partial);
+    if (cudaError_t e = launch_kernel(weight_grad_partial<T>, grid, kThreads, 0, stream, g, s, partial); e != cudaSuccess)
+      return e;
     const int64_t n = g.shape.C * (g.shape.K * g.shape.K + 1);
-    weight_grad_finish<T><<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(g, s, partial);
-    return cudaGetLastError();
+    return launch_kernel(weight_grad_finish<T>, static_cast<unsigned>((n + 255) / 256), 256, 0, stream, g, s, partial);
   });
 }
 

@@ -24,6 +24,7 @@
 
 #include "kernels/depthwise_conv2d/depthwise_conv2d.h"
 #include "kernels/depthwise_conv2d/dtype.cuh"
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -265,16 +266,14 @@ int depthwise_conv2d_layernorm_forward(const DwConvParams& p, const ChannelNormP
     const int64_t blocks = p.B * p.Ho * ((p.Wo + kPix - 1) / kPix);
     const unsigned threads = static_cast<unsigned>((p.C + 31) / 32 * 32);
     auto kernel = p.K == 3 ? fused_front<T, 3> : p.K == 5 ? fused_front<T, 5> : fused_front<T, 7>;
-    kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p, n);
-    return cudaGetLastError();
+    return launch_kernel(kernel, static_cast<unsigned>(blocks), threads, 0, stream, p, n);
   });
 }
 
 int channel_layernorm_forward(const ChannelNormParams& n, cudaStream_t stream) {
   return dispatch(n.dtype, [&](auto tag) -> int {
     using T = decltype(tag);
-    layernorm_forward<T><<<warp_blocks(n.B * n.H * n.W), kWarpsPerBlock * 32, 0, stream>>>(n);
-    return cudaGetLastError();
+    return launch_kernel(layernorm_forward<T>, warp_blocks(n.B * n.H * n.W), kWarpsPerBlock * 32, 0, stream, n);
   });
 }
 
@@ -288,16 +287,22 @@ int channel_layernorm_backward(const ChannelNormBackwardParams& g, void* workspa
   return dispatch(g.fwd.dtype, [&](auto tag) -> int {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    layernorm_backward_input<T><<<warp_blocks(g.fwd.B * g.fwd.H * g.fwd.W), kWarpsPerBlock * 32, 0, stream>>>(g);
+    if (cudaError_t e = launch_kernel(layernorm_backward_input<T>, warp_blocks(g.fwd.B * g.fwd.H * g.fwd.W),
+                                      kWarpsPerBlock * 32, 0, stream, g);
+        e != cudaSuccess)
+      return e;
     if (g.ggamma || g.gbeta) {
       const ParamSplit s = param_split(g.fwd);
       A* partial = static_cast<A*>(workspace);
       const dim3 grid(static_cast<unsigned>((g.fwd.C + kParamThreads - 1) / kParamThreads),
                       static_cast<unsigned>(s.slices));
-      layernorm_param_partial<T><<<grid, kParamThreads, 0, stream>>>(g, s, partial);
-      layernorm_param_finish<T><<<static_cast<unsigned>((g.fwd.C + 255) / 256), 256, 0, stream>>>(g, s, partial);
+      if (cudaError_t e = launch_kernel(layernorm_param_partial<T>, grid, kParamThreads, 0, stream, g, s, partial);
+          e != cudaSuccess)
+        return e;
+      return launch_kernel(layernorm_param_finish<T>, static_cast<unsigned>((g.fwd.C + 255) / 256), 256, 0, stream, g, s,
+                           partial);
     }
-    return cudaGetLastError();
+    return cudaSuccess;
   });
 }
 

@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "kernels/linear_sum_assignment/linear_sum_assignment.h"
+#include "kernels/common/launch.cuh"
 
 namespace taskkernels::cuda {
 namespace {
@@ -118,7 +119,7 @@ __device__ void block_argmin(double& val, int& key, Reduce& r) {
 
 template <class T>
 __global__ void lsa_kernel(LsaParams p, Layout lay, unsigned char* workspace) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* smem = dynamic_smem();
   __shared__ Reduce red;
   __shared__ int invalid;
   const int tid = threadIdx.x, bd = blockDim.x, lane = tid & 31, warp = tid >> 5, nwarps = bd >> 5;
@@ -279,9 +280,7 @@ int launch(const LsaParams& p, const Layout& lay, cudaStream_t stream) {
         e != cudaSuccess)
       return e;
   }
-  lsa_kernel<T><<<static_cast<unsigned>(p.B), lay.threads, smem, stream>>>(p, lay,
-                                                                           static_cast<unsigned char*>(p.workspace));
-  return cudaGetLastError();
+  return launch_kernel(lsa_kernel<T>, static_cast<unsigned>(p.B), lay.threads, smem, stream, p, lay, static_cast<unsigned char*>(p.workspace));
 }
 
 }  // namespace

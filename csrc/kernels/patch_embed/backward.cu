@@ -146,15 +146,10 @@ struct LaunchBackward {
     if (p.grad_bias || p.grad_cls || p.grad_pos) {
       Acc* sums = reinterpret_cast<Acc*>(base + ws.sums_offset);
       if (R * D > 0) {
-        column_sum_kernel<T, Acc><<<blocks_for(R * D), kThreads, 0, stream>>>(
-            g, s.B, R * D, D, sums, static_cast<T*>(p.grad_pos), static_cast<T*>(p.grad_cls),
-            s.has_cls);
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        if ((err = launch_kernel(column_sum_kernel<T, Acc>, blocks_for(R * D), kThreads, 0, stream, g, s.B, R * D, D, sums, static_cast<T*>(p.grad_pos), static_cast<T*>(p.grad_cls), s.has_cls)) != cudaSuccess) return err;
       }
       if (p.grad_bias && D > 0) {
-        bias_sum_kernel<T, Acc><<<blocks_for(D), kThreads, 0, stream>>>(
-            sums, R, off, D, static_cast<T*>(p.grad_bias));
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        if ((err = launch_kernel(bias_sum_kernel<T, Acc>, blocks_for(D), kThreads, 0, stream, sums, R, off, D, static_cast<T*>(p.grad_bias))) != cudaSuccess) return err;
       }
     }
 
@@ -183,9 +178,7 @@ struct LaunchBackward {
           D, K, M, k_chunk_for<T, TC>(M, splits), splits, G, patches,
           PartialEpilogue<Acc>{partial, D, K}, stream);
       if (err != cudaSuccess) return err;
-      split_sum_kernel<T, Acc><<<blocks_for(D * K), kThreads, 0, stream>>>(
-          partial, splits, D * K, static_cast<T*>(p.grad_weight));
-      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+      if ((err = launch_kernel(split_sum_kernel<T, Acc>, blocks_for(D * K), kThreads, 0, stream, partial, splits, D * K, static_cast<T*>(p.grad_weight))) != cudaSuccess) return err;
     }
     return cudaSuccess;
   }

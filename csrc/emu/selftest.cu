@@ -1,0 +1,190 @@
+// Kernels that test the emulated GPU itself (tests/test_emulator.py): each breaks one rule a GPU
+// enforces, or exercises one emulated instruction against a known answer. Built only into the
+// emulated kernels library; written as ordinary CUDA, through the same launch and PTX helpers as
+// the real kernels.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "kernels/common/launch.cuh"
+#include "kernels/common/ptx.cuh"
+
+namespace taskkernels::cuda {
+namespace {
+
+// Thread 0 writes, the others read at once: a race (no __syncthreads between).
+__global__ void missing_barrier(float* out) {
+  __shared__ float x[32];
+  if (threadIdx.x == 0) x[0] = 1.f;
+  out[threadIdx.x] = x[0];
+}
+
+// The same with the barrier: no race, every thread reads 1.
+__global__ void with_barrier(float* out) {
+  __shared__ float x[32];
+  if (threadIdx.x == 0) x[0] = 1.f;
+  __syncthreads();
+  out[threadIdx.x] = x[0];
+}
+
+// Half the block waits at one barrier, half at another.
+__global__ void divergent_barrier(float* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.f;
+}
+
+// Half the block leaves, the rest waits at a barrier.
+__global__ void exit_before_barrier(float* out) {
+  if (threadIdx.x >= 32) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+// Lane 0 leaves; the rest shuffles with a full mask.
+__global__ void shuffle_missing_lane(float* out) {
+  if (threadIdx.x == 0) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
+}
+
+// Shuffles and votes on a full warp: out[l] = value of lane l ^ 5, then the ballot of odd lanes,
+// then the sum over the warp by xor-reduction.
+__global__ void warp_ops(float* out) {
+  const int l = threadIdx.x;
+  out[l] = __shfl_xor_sync(0xffffffffu, float(l), 5);
+  out[32 + l] = float(__ballot_sync(0xffffffffu, l & 1) == 0xaaaaaaaau);
+  float s = float(l);
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  out[64 + l] = s;
+  out[96 + l] = __shfl_sync(0xffffffffu, float(l), 31 - l);
+  out[128 + l] = __shfl_down_sync(0xffffffffu, float(l), 3);
+  out[160 + l] = float(__syncthreads_count(l < 10));
+}
+
+// Reads a shared array no thread wrote: the emulator's poison (NaN).
+__global__ void read_unwritten(float* out) {
+  __shared__ float x[32];
+  out[threadIdx.x] = x[threadIdx.x];
+}
+
+__global__ void uses_dynamic(float* out) {
+  float* s = reinterpret_cast<float*>(dynamic_smem());
+  s[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// mma.sync m16n8k16 (f16): A 16x16 and B 16x8 from `in` (row-major A, then B k-major), D = A B.
+__global__ void mma_f16(const float* in, float* out) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto pack = [](float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    std::memcpy(&u, &h, 4);
+    return u;
+  };
+  const float* A = in;
+  const float* B = in + 256;
+  uint32_t a[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + (r & 1) * 8, col = 2 * t + (r >> 1) * 8;
+    a[r] = pack(A[row * 16 + col], A[row * 16 + col + 1]);
+  }
+  const uint32_t b0 = pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]);
+  const uint32_t b1 = pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g]);
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  ptx::SM80_16x8x16_F32F16F16F32_TN::fma(c, a, b0, b1);
+  out[g * 8 + 2 * t] = c[0];
+  out[g * 8 + 2 * t + 1] = c[1];
+  out[(g + 8) * 8 + 2 * t] = c[2];
+  out[(g + 8) * 8 + 2 * t + 1] = c[3];
+}
+
+// WMMA 16x16x16 f16: D = A B with A, B from `in` (row-major), stored row-major to out.
+__global__ void wmma_f16(const float* in, float* out) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) __half a[256], b[256];
+  __shared__ __align__(32) float d[256];
+  for (int i = threadIdx.x; i < 256; i += 32) a[i] = __float2half_rn(in[i]), b[i] = __float2half_rn(in[256 + i]);
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::fill_fragment(fc, 0.f);
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(d, fc, 16, wmma::mem_row_major);
+  __syncwarp();
+  for (int i = threadIdx.x; i < 256; i += 32) out[i] = d[i];
+}
+
+// The same, but writing the accumulator as if lane l held row l / 2 (a layout WMMA never promises).
+__global__ void wmma_assumed_layout(const float* in, float* out) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) __half a[256], b[256];
+  for (int i = threadIdx.x; i < 256; i += 32) a[i] = __float2half_rn(in[i]), b[i] = __float2half_rn(in[256 + i]);
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::fill_fragment(fc, 0.f);
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(fc, fa, fb, fc);
+  for (int e = 0; e < fc.num_elements; ++e) out[(threadIdx.x / 2) * 16 + (threadIdx.x % 2) * 8 + e] = fc.x[e];
+}
+
+// A WMMA load from a pointer that is not 256-bit aligned.
+__global__ void wmma_misaligned(const float* in, float* out) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) __half a[272];
+  for (int i = threadIdx.x; i < 272; i += 32) a[i] = __float2half_rn(1.f);
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a + 8, 16);
+  out[threadIdx.x] = __half2float(fa.x[0]);
+}
+
+__global__ void trivial(float* out) { out[threadIdx.x] = 1.f; }
+
+}  // namespace
+}  // namespace taskkernels::cuda
+
+// Runs self-test `name` on `in` (512 floats) and `out` (256 floats); returns the launch's error.
+cudaError_t tkemu_selftest(const char* name, const float* in, float* out, cudaStream_t stream) {
+  using namespace taskkernels::cuda;
+  const std::string n = name;
+  if (n == "missing_barrier") return launch_kernel(missing_barrier, 1, 64, 0, stream, out);
+  if (n == "with_barrier") return launch_kernel(with_barrier, 1, 64, 0, stream, out);
+  if (n == "divergent_barrier") return launch_kernel(divergent_barrier, 1, 64, 0, stream, out);
+  if (n == "exit_before_barrier") return launch_kernel(exit_before_barrier, 1, 64, 0, stream, out);
+  if (n == "shuffle_missing_lane") return launch_kernel(shuffle_missing_lane, 1, 32, 0, stream, out);
+  if (n == "warp_ops") return launch_kernel(warp_ops, 1, 32, 0, stream, out);
+  if (n == "read_unwritten") return launch_kernel(read_unwritten, 1, 32, 0, stream, out);
+  if (n == "dynamic_smem") return launch_kernel(uses_dynamic, 1, 64, 64 * sizeof(float), stream, out);
+  if (n == "dynamic_smem_over_48k") return launch_kernel(uses_dynamic, 1, 64, 49 * 1024, stream, out);
+  if (n == "dynamic_smem_opt_in") {
+    if (cudaError_t e = cudaFuncSetAttribute(uses_dynamic, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+        e != cudaSuccess)
+      return e;
+    return launch_kernel(uses_dynamic, 1, 64, 64 * 1024, stream, out);
+  }
+  if (n == "opt_in_over_227k")
+    return cudaFuncSetAttribute(uses_dynamic, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024);
+  if (n == "threads_1025") return launch_kernel(trivial, 1, 1025, 0, stream, out);
+  if (n == "grid_y_65536") return launch_kernel(trivial, dim3(1, 65536, 1), 32, 0, stream, out);
+  if (n == "wrong_stream") return launch_kernel(trivial, 1, 32, 0, reinterpret_cast<cudaStream_t>(uintptr_t(0xbad)), out);
+  if (n == "mma_f16") return launch_kernel(mma_f16, 1, 32, 0, stream, in, out);
+  if (n == "wmma_f16") return launch_kernel(wmma_f16, 1, 32, 0, stream, in, out);
+  if (n == "wmma_assumed_layout") return launch_kernel(wmma_assumed_layout, 1, 32, 0, stream, in, out);
+  if (n == "wmma_misaligned") return launch_kernel(wmma_misaligned, 1, 32, 0, stream, in, out);
+  return cudaErrorInvalidValue;
+}
