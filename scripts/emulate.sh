@@ -35,8 +35,9 @@ echo "emulate: $CHECK build ready in $(( $(date +%s) - start )) s"
 
 export TASKKERNELS_EMULATOR="$BUILD/$CHECK"
 if [ "$CHECK" = address ]; then
-  # The kernels are instrumented, Python is not: the ASan runtime must be loaded first.
-  export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+  # The kernels are instrumented, Python is not: the ASan runtime must be loaded first (and
+  # libstdc++ with it, or ASan's __cxa_throw interceptor finds no real one when triton throws).
+  export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
   export ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1:abort_on_error=1:${ASAN_OPTIONS:-}"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 fi

@@ -58,7 +58,7 @@ def to_emulated(cpu: torch.Tensor) -> torch.Tensor:
     """A cuda:0 tensor over the same bytes as `cpu` (views of one storage share one CUDA storage)."""
     st = cpu.untyped_storage()
     key = (st.data_ptr(), st.nbytes())
-    ref = _fake_storages.get(key)
+    ref = _fake_storages.get(key) if st.nbytes() else None  # empty storages all sit at address 0
     fake = ref() if ref is not None else None
     if fake is None:
         fake = torch._C._construct_storage_from_data_pointer(st.data_ptr(), CUDA, st.nbytes())
@@ -103,6 +103,35 @@ def _has_cuda(args, kwargs) -> bool:
 _CUDA_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 
+def _overloads(*names):
+    packets = [getattr(torch.ops.aten, n) for n in names]
+    return {getattr(p, o) for p in packets for o in p.overloads()}
+
+
+_NO_VENDOR_LIBRARIES = _overloads("_use_cudnn_ctc_loss", "_use_miopen_ctc_loss")
+# Ops that take tensors of both devices on a GPU too: copies, indexing with CPU indices, CTC with
+# CPU lengths.
+_CROSS_DEVICE = _overloads("copy_", "_to_copy", "index", "index_put_", "index_put", "_index_put_impl_", "set_",
+                           "_copy_from", "_copy_from_and_resize", "_ctc_loss", "_ctc_loss_backward", "ctc_loss")
+
+
+def _check_one_device(func, args, kwargs):
+    """As on a GPU: an op mixing CUDA tensors with CPU tensors that are not 0-dim scalars fails."""
+    if func in _CROSS_DEVICE:
+        return
+    cpu = [False]
+
+    def visit(x):
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() > 0:
+            cpu[0] = True
+        return x
+
+    tree_map(visit, (args, kwargs))
+    if cpu[0]:
+        raise RuntimeError(f"{func}: Expected all tensors to be on the same device, but found at least two devices, "
+                           "cuda:0 and cpu! (emulated GPU)")
+
+
 class EmulatedCuda(TorchDispatchMode):
     """Runs aten ops on emulated CUDA tensors on the CPU; sends taskkernels ops to their CUDA kernels."""
 
@@ -127,12 +156,20 @@ class EmulatedCuda(TorchDispatchMode):
                 return _CPU
             return x
 
+        if func in _NO_VENDOR_LIBRARIES:
+            return False  # no cuDNN / MIOpen here: F.ctc_loss takes its native path, run on the CPU
+        _check_one_device(func, args, kwargs)
         host_args, host_kwargs = tree_map(unwrap, (args, kwargs))
         device = kwargs.get("device")
         stays_on_cpu = device is not None and torch.device(device).type == "cpu"
-        keep = list(originals.values())  # the host views must outlive the call
-        out = func(*host_args, **host_kwargs)
-        del keep
+        alive = (host_args, host_kwargs)  # `originals` is keyed by the id() of these host views
+        exact_args = host_args
+        host_args, host_kwargs = _tf32_inputs(func, host_args, host_kwargs)
+        out = _CPU_STAND_INS.get(func, func)(*host_args, **host_kwargs)
+        if host_args is not exact_args and func is torch.ops.aten.convolution_backward.default and out[2] is not None:
+            # cuDNN sums the bias gradient from grad_output itself, not from its TF32 rounding
+            mask = [False, False, True]
+            out = (out[0], out[1], func(*exact_args[:10], mask)[2])
 
         def wrap(x):
             if isinstance(x, torch.Tensor):
@@ -142,7 +179,51 @@ class EmulatedCuda(TorchDispatchMode):
                     return to_emulated(x)
             return x
 
-        return tree_map(wrap, out)
+        wrapped = tree_map(wrap, out)
+        del alive
+        return wrapped
+
+
+# cuDNN convolutions (torch.backends.cudnn.allow_tf32, on by default) and, when allowed, matmuls
+# read float32 operands as TF32 on a GPU; their CPU stand-ins here round the operands the same way
+# (to nearest, ties away), so that tests comparing with PyTorch's CUDA result see its precision.
+_CONV = {torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default}
+_MATMUL = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.baddbmm.default}
+
+
+def _to_tf32(x):
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32):
+        return x
+    bits = x.contiguous().view(torch.int32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    rounded = torch.where(finite, (bits + 0x1000) & ~0x1FFF, bits)
+    return rounded.view(torch.float32).reshape(x.shape)
+
+
+def _tf32_inputs(func, args, kwargs):
+    # Grouped (depthwise) convolutions run PyTorch's own CUDA kernels in exact FP32.
+    conv = func in _CONV and torch.backends.cudnn.allow_tf32 and args[9 if "backward" in str(func) else 8] == 1
+    if conv or (func in _MATMUL and torch.backends.cuda.matmul.allow_tf32):
+        return tree_map(_to_tf32, args), kwargs
+    return args, kwargs
+
+
+# cuDNN-only ops that PyTorch picks for CUDA tensors, and their CPU equivalents.
+def _cudnn_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    out, mean, invstd = torch.ops.aten.native_batch_norm(input, weight, bias, running_mean, running_var, training,
+                                                         momentum, eps)
+    return out, mean, invstd, torch.empty(0, dtype=torch.uint8)
+
+
+def _cudnn_batch_norm_backward(input, grad_output, weight, running_mean, running_var, save_mean, save_var, eps,
+                               reserve):
+    return torch.ops.aten.native_batch_norm_backward(grad_output, input, weight, running_mean, running_var, save_mean,
+                                                     save_var, True, eps, [True, True, True])
+
+
+_CPU_STAND_INS = {torch.ops.aten.cudnn_batch_norm.default: _cudnn_batch_norm,
+                  torch.ops.aten.cudnn_batch_norm_backward.default: _cudnn_batch_norm_backward}
 
 
 # ---- torch.cuda without a driver -----------------------------------------------------------------
@@ -217,6 +298,23 @@ def stream(s):
         _module._emu_set_stream(before)
 
 
+def _deepcopy(original):
+    """Tensor.__deepcopy__ copies storages with dispatch modes bypassed: clone the host bytes."""
+
+    def deepcopy(self, memo):
+        if _is_cuda(self) and type(self) is torch.Tensor and getattr(self.untyped_storage(), "_twin", None) is not None:
+            if id(self) in memo:
+                return memo[id(self)]
+            with torch.no_grad():
+                new = to_emulated(to_host(self).clone())
+            new.requires_grad_(self.requires_grad)
+            memo[id(self)] = new
+            return new
+        return original(self, memo)
+
+    return deepcopy
+
+
 def _data_constructor(original):
     """torch.tensor and friends copy to the device with dispatch modes excluded: build on the CPU,
     then move (which the mode sees)."""
@@ -262,6 +360,18 @@ def _opcheck(original):
     return check
 
 
+def _gradcheck(original):
+    """On emulated CUDA tensors gradcheck runs in fast mode (a few random directional derivatives
+    instead of one per input element): every emulated launch is a whole-grid CPU run."""
+
+    def check(func, inputs, *args, **kwargs):
+        if "fast_mode" not in kwargs and _has_cuda(inputs if isinstance(inputs, tuple) else (inputs,), {}):
+            kwargs["fast_mode"] = True
+        return original(func, inputs, *args, **kwargs)
+
+    return check
+
+
 def _compile(original):
     def compile_(*args, **kwargs):
         if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None and any(
@@ -280,9 +390,11 @@ def install() -> None:
     """Patches what of torch.cuda the tests touch (no driver is asked), once per session."""
     torch.library.opcheck = _opcheck(torch.library.opcheck)
     torch.compile = _compile(torch.compile)
+    torch.autograd.gradcheck = _gradcheck(torch.autograd.gradcheck)
     for name in ("tensor", "as_tensor"):
         setattr(torch, name, _data_constructor(getattr(torch, name)))
     torch.Tensor.__repr__ = _repr(torch.Tensor.__repr__)
+    torch.Tensor.__deepcopy__ = _deepcopy(torch.Tensor.__deepcopy__)
     cuda = torch.cuda
     cuda._lazy_init = lambda: None
     cuda.synchronize = lambda device=None: None

@@ -188,7 +188,7 @@ def test_gradients_with_skipped_tiles(device, kind):
     g = torch.randn(2, 2, 130, 32, device=device)
     ours = grads(taskkernels.masked_attention, (q, k, v), g, mask)
     theirs = grads(reference.masked_attention, (q, k, v), g, mask)
-    exact = grads(reference.masked_attention, to64(q, k, v), g.double(), mask)
+    exact = grads(reference.masked_attention, to64(q, k, v), g.double().cpu(), mask.cpu())
     for name, a, b, c in zip("qkv", ours, theirs, exact):
         assert_within_reference_error(a, b, c, torch.float32, what=f"grad of {name}")
 

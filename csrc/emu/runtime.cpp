@@ -231,6 +231,7 @@ KernelInfo& kernel_info(const void* fn) {
       for (const Symbol& s : m->tls)
         if (s.name.compare(0, prefix.size(), prefix) == 0) k.static_smem += s.size;
     }
+    if (std::getenv("EMU_VERBOSE")) std::fprintf(stderr, "emulated GPU: kernel %s in %s, tls %zu, static smem %zu\n", k.mangled.c_str(), m->path.c_str(), m->tls_memsz, k.static_smem);
     if (m->tls_memsz) g_kernels_module = m;
   }
   k.pretty = k.mangled.empty() ? "<unnamed kernel>" : demangle(k.mangled);
@@ -386,6 +387,7 @@ void run_block(Worker& w, Launch& L, uint32_t linear_block) {
     } ti{km->modid, 0};
     w.tls_lo = static_cast<unsigned char*>(__tls_get_addr(&ti));
     w.tls_size = km->tls_memsz;
+    if (std::getenv("EMU_VERBOSE")) std::fprintf(stderr, "emulated GPU: shared TLS %p + %zu (module %zu)\n", (void*)w.tls_lo, w.tls_size, km->modid);
     std::memset(w.tls_lo, kPoison, w.tls_size);
   } else {
     w.tls_lo = nullptr;

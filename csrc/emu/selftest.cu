@@ -68,10 +68,13 @@ __global__ void warp_ops(float* out) {
   out[160 + l] = float(__syncthreads_count(l < 10));
 }
 
-// Reads a shared array no thread wrote: the emulator's poison (NaN).
+// Reads shared memory before any thread wrote it (the write comes after): the emulator's poison
+// (NaN), where a device would give whatever the last block left there.
 __global__ void read_unwritten(float* out) {
   __shared__ float x[32];
   out[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  x[threadIdx.x] = 0.f;
 }
 
 __global__ void uses_dynamic(float* out) {

@@ -1,0 +1,133 @@
+"""The emulated GPU itself (csrc/emu): each rule a GPU enforces, broken on purpose by a kernel of
+csrc/emu/selftest.cu, must fail the launch with a message that says what and where; each emulated
+instruction must give the known answer. Runs only on the emulated GPU (scripts/emulate.sh)."""
+
+import numpy as np
+import pytest
+import torch
+
+import taskkernels
+from conftest import EMULATED
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not EMULATED, reason="tests of the emulated GPU; run them with scripts/emulate.sh"),
+]
+
+# cudaError_t values (driver_types.h)
+SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION, INVALID_HANDLE, LAUNCH_FAILURE = 0, 1, 9, 400, 719
+
+
+def run(name, data=None):
+    data = np.random.default_rng().standard_normal(512).astype(np.float32) if data is None else data
+    code, text, out = taskkernels._C._emu_selftest(name, data)
+    return code, text, out, data
+
+
+def test_barrier_divergence_is_reported_with_both_sites():
+    code, text, _, _ = run("divergent_barrier")
+    assert code == LAUNCH_FAILURE
+    assert "different barriers" in text and "divergent_barrier" in text
+    assert "threads 0-31" in text and "threads 32-63" in text and "selftest.cu" in text
+
+
+def test_exit_before_barrier_is_reported():
+    code, text, _, _ = run("exit_before_barrier")
+    assert code == LAUNCH_FAILURE and "exited" in text and "__syncthreads" in text
+
+
+def test_warp_collective_missing_a_lane_is_reported():
+    code, text, _, _ = run("shuffle_missing_lane")
+    assert code == LAUNCH_FAILURE and "__shfl_xor_sync" in text and "exited" in text
+    # Whichever the emulator met first: the lane leaving, or a lane waiting for it.
+    assert "thread 0 exited" in text or "waits for lane 0 of warp 0, which exited" in text
+
+
+def test_shuffles_votes_and_block_reductions():
+    code, text, out, _ = run("warp_ops")
+    assert code == SUCCESS, text
+    lanes = np.arange(32)
+    np.testing.assert_array_equal(out[:32], lanes ^ 5)
+    np.testing.assert_array_equal(out[32:64], np.ones(32))
+    np.testing.assert_array_equal(out[64:96], np.full(32, lanes.sum()))
+    np.testing.assert_array_equal(out[96:128], 31 - lanes)
+    np.testing.assert_array_equal(out[128:160], np.where(lanes + 3 < 32, lanes + 3, lanes))
+    np.testing.assert_array_equal(out[160:192], np.full(32, 10))
+
+
+def test_unwritten_shared_memory_reads_as_poison():
+    code, text, out, _ = run("read_unwritten")
+    assert code == SUCCESS, text
+    assert np.isnan(out[:32]).all()
+
+
+def test_dynamic_shared_memory_and_the_48k_opt_in():
+    code, text, out, _ = run("dynamic_smem")
+    assert code == SUCCESS, text
+    np.testing.assert_array_equal(out[:64], (np.arange(64) + 1) % 64)
+    code, text, _, _ = run("dynamic_smem_over_48k")
+    assert code == INVALID_VALUE and "cudaFuncSetAttribute" in text and "50176" in text
+    code, text, _, _ = run("dynamic_smem_opt_in")
+    assert code == SUCCESS, text
+    code, text, _, _ = run("opt_in_over_227k")
+    assert code == INVALID_VALUE and "232448" in text
+
+
+def test_launch_limits():
+    code, text, _, _ = run("threads_1025")
+    assert code == INVALID_CONFIGURATION and "1024 threads" in text
+    code, text, _, _ = run("grid_y_65536")
+    assert code == INVALID_CONFIGURATION and "65535" in text
+
+
+def test_launch_on_another_stream_than_torchs_is_refused():
+    code, text, _, _ = run("wrong_stream")
+    assert code == INVALID_HANDLE and "current stream" in text
+
+
+def test_mma_m16n8k16_layout():
+    code, text, out, data = run("mma_f16")
+    assert code == SUCCESS, text
+    a = data[:256].reshape(16, 16).astype(np.float16).astype(np.float64)
+    b = data[256:384].reshape(16, 8).astype(np.float16).astype(np.float64)
+    np.testing.assert_allclose(out[:128].reshape(16, 8), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_wmma_product_and_an_assumed_fragment_layout_fails():
+    code, text, out, data = run("wmma_f16")
+    assert code == SUCCESS, text
+    a = data[:256].reshape(16, 16).astype(np.float16).astype(np.float64)
+    b = data[256:512].reshape(16, 16).astype(np.float16).astype(np.float64)
+    np.testing.assert_allclose(out.reshape(16, 16), a @ b, rtol=1e-5, atol=1e-5)
+    # Writing fc.x[] as if the layout were known gives a permutation of the right values, in the
+    # wrong places (the emulator permutes fragment elements per run).
+    code, text, wrong, _ = run("wmma_assumed_layout", data)
+    assert code == SUCCESS, text
+    np.testing.assert_allclose(np.sort(wrong), np.sort(out), rtol=1e-6)
+    assert not np.allclose(wrong, out)
+
+
+def test_wmma_misaligned_pointer_is_a_fault():
+    code, text, _, _ = run("wmma_misaligned")
+    assert code == LAUNCH_FAILURE and "256-bit aligned" in text
+
+
+def test_race_detector_reports_a_missing_barrier():
+    if not taskkernels._C._emu_config()["race_check"]:
+        pytest.skip("the race detector is in the race build (EMU_CHECK=race bash scripts/emulate.sh)")
+    code, text, _, _ = run("missing_barrier")
+    assert code == LAUNCH_FAILURE and "shared-memory race" in text and "missing_barrier" in text
+    code, text, out, _ = run("with_barrier")
+    assert code == SUCCESS, text
+    np.testing.assert_array_equal(out[:64], np.ones(64))
+
+
+def test_the_mode_makes_cuda_tensors_over_host_memory():
+    x = torch.randn(3, 5, device="cuda")
+    assert x.is_cuda and x.device == torch.device("cuda", 0)
+    y = (x * 2).sum(0)
+    assert y.is_cuda
+    torch.testing.assert_close(y.cpu(), (x.cpu() * 2).sum(0))
+    g = torch.zeros(3, device="cuda")
+    g[1:] = 1  # in place through a view
+    assert g.cpu().tolist() == [0.0, 1.0, 1.0]
