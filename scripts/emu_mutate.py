@@ -534,14 +534,20 @@ def run_pytest(args: list, emulator: Path, python: str, timeout: float, verbose:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         rc = None
+    except BaseException:  # Ctrl-C: the run has its own session and would outlive us
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     seconds = time.monotonic() - start
     if verbose:
         log(out)
     lines = [ln for ln in out.splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if re.search(r"\b(passed|failed|error|no tests ran|deselected)\b", ln)),
                    lines[-1] if lines else "")
-    failure = next((ln for ln in lines if ln.startswith("E ") or "refused" in ln or "shared-memory race" in ln), "")
-    return {"rc": rc, "seconds": seconds, "summary": summary.strip("= "), "detail": failure.strip()[:200],
+    # The first line naming what went wrong: the emulator's own message if there is one.
+    emu = next((ln[ln.index("emulated GPU:"):] for ln in lines if "emulated GPU:" in ln), "")
+    failure = emu or next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
+    return {"rc": rc, "seconds": seconds, "summary": summary.strip("= "), "detail": failure[:300],
             "output_tail": "\n".join(lines[-40:])}
 
 
