@@ -9,7 +9,7 @@
 #
 # Builds incrementally into build/emu (sets up .venv first if needed). EMU_SEED replays a run's
 # block order, thread order and fragment layouts (the pytest header prints it); EMU_WORKERS sets
-# the OS threads that run blocks. Without pytest args it runs every test marked cuda.
+# the OS threads that run blocks. It runs the tests marked cuda (all of them without pytest args).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -44,11 +44,9 @@ fi
 if [ "$CHECK" = coverage ]; then
   find "$BUILD" -name '*.gcda' -delete
 fi
-if [ $# -eq 0 ]; then
-  set -- -m cuda
-fi
 status=0
-.venv/bin/python -m pytest tests -p no:cacheprovider "$@" || status=$?
+# Only the CUDA tests (marker `cuda`): the CPU ones have nothing to emulate. A later -m wins.
+.venv/bin/python -m pytest -p no:cacheprovider -m cuda "$@" || status=$?  # testpaths: tests
 if [ "$CHECK" = coverage ]; then
   .venv/bin/python scripts/emu_coverage.py "$BUILD" || status=$?
 fi

@@ -403,15 +403,7 @@ def install() -> None:
     cuda.current_stream = current_stream
     cuda.default_stream = lambda device=None: Stream(handle=0)
     cuda.stream = stream
-    cuda.current_device = lambda: 0
-    cuda.device_count = lambda: 1
-    cuda.manual_seed = lambda seed: None
-    cuda.manual_seed_all = lambda seed: None
-    cuda.get_device_name = lambda device=None: "emulated GPU (taskkernels csrc/emu)"
-    cuda.get_device_capability = lambda device=None: (9, 0)
-    cuda.empty_cache = lambda: None
-    cuda.max_memory_allocated = lambda device=None: 0
-    cuda.reset_peak_memory_stats = lambda device=None: None
+    # Nothing that would tell torch itself (inductor, device queries) that a GPU is there.
 
 
 def describe() -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import taskkernels
-from conftest import CUDA_OK
+from conftest import requires_cuda
 
 
 def good(device="cpu", dtype=torch.float32):
@@ -61,7 +61,7 @@ def test_device_mix_is_named():
         taskkernels.patch_embed(**inputs)
 
 
-@pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA device and the CUDA kernels")
+@requires_cuda
 def test_cuda_device_mix_is_named():
     inputs = dict(good("cuda"), pos_embed=torch.randn(1, 5, 8))
     with pytest.raises(RuntimeError, match=r"pos_embed must be on the device of pixel_values"):
