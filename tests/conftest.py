@@ -68,8 +68,15 @@ def emulated_cuda_device(request):
         yield
 
 
-def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output"):
-    """ours and torch_lowp computed in `dtype`, ref64 the same quantity in float64."""
+# float32 on tensor cores (TF32: 10 mantissa bits), where torch.backends.cudnn.allow_tf32 lets
+# patch_embed use them as the convolution it replaces does: PyTorch's own error is TF32-sized
+# too, but with a few outputs its maximum is one draw, so the floor is TF32's, not float32's.
+TF32_FLOOR = 2e-3
+
+
+def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output", floor=None):
+    """ours and torch_lowp computed in `dtype`, ref64 the same quantity in float64 (`floor`
+    overrides the dtype's FLOOR)."""
     assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
     assert ours.dtype == dtype, f"{what}: dtype {ours.dtype} != {dtype}"
     ref64 = ref64.double().cpu()
@@ -78,7 +85,7 @@ def assert_within_reference_error(ours, torch_lowp, ref64, dtype, what="output")
     ours_err = (ours.double().cpu() - ref64).abs().max().item()
     torch_err = (torch_lowp.double().cpu() - ref64).abs().max().item()
     scale = max(1.0, ref64.abs().max().item())
-    bound = 2 * torch_err + FLOOR[dtype] * scale
+    bound = 2 * torch_err + (FLOOR[dtype] if floor is None else floor) * scale
     assert ours_err == ours_err, f"{what}: NaN in the result"
     assert ours_err <= bound, f"{what}: error {ours_err:.3e} > bound {bound:.3e} (PyTorch's own error {torch_err:.3e})"
 

@@ -5,7 +5,7 @@ import torch
 
 import taskkernels
 from taskkernels import reference
-from conftest import DEVICES, FLOAT_DTYPES, assert_within_reference_error, requires_cuda
+from conftest import DEVICES, FLOAT_DTYPES, TF32_FLOOR, assert_within_reference_error, requires_cuda
 
 # (B, C, H, W, P, D): odd sizes, one patch, rectangular images, empty batch, ViT-B/16 geometry.
 SHAPES = [
@@ -25,6 +25,12 @@ OPTIONS = [
     dict(bias=False, cls=True, pos=False),
     dict(bias=True, cls=True, pos=False),
 ]
+
+
+def tf32_floor(dtype, device):
+    """On CUDA, float32 runs on tensor cores in TF32 when cuDNN's convolutions may (the default)."""
+    tf32 = dtype == torch.float32 and str(device).startswith("cuda") and torch.backends.cudnn.allow_tf32
+    return TF32_FLOOR if tf32 else None
 
 
 def make_inputs(shape, dtype, device, layout="contiguous", bias=True, cls=True, pos=True, cls_2d=False):
@@ -61,7 +67,8 @@ def test_forward_matches_reference(device, dtype, layout, shape):
     inputs = make_inputs(shape, dtype, device, layout)
     ours = taskkernels.patch_embed(**inputs)
     assert ours.is_contiguous() and ours.device == inputs["pixel_values"].device
-    assert_within_reference_error(ours, reference.patch_embed(**inputs), reference.patch_embed(**to64(inputs)), dtype)
+    assert_within_reference_error(ours, reference.patch_embed(**inputs), reference.patch_embed(**to64(inputs)), dtype,
+                                  floor=tf32_floor(dtype, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -70,7 +77,8 @@ def test_forward_matches_reference(device, dtype, layout, shape):
 def test_forward_options(device, dtype, options):
     inputs = make_inputs((3, 3, 12, 20, 4, 17), dtype, device, **options)
     ours = taskkernels.patch_embed(**inputs)
-    assert_within_reference_error(ours, reference.patch_embed(**inputs), reference.patch_embed(**to64(inputs)), dtype)
+    assert_within_reference_error(ours, reference.patch_embed(**inputs), reference.patch_embed(**to64(inputs)), dtype,
+                                  floor=tf32_floor(dtype, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -104,7 +112,8 @@ def test_backward_matches_reference(device, dtype, layout, shape, options):
     assert ours.keys() == exact.keys()
     for name in exact:
         assert ours[name].shape == inputs[name].shape, name
-        assert_within_reference_error(ours[name], theirs[name], exact[name], dtype, what=f"grad of {name}")
+        assert_within_reference_error(ours[name], theirs[name], exact[name], dtype, what=f"grad of {name}",
+                                      floor=tf32_floor(dtype, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
