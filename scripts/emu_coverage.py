@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the table as JSON here")
     ap.add_argument("--min", type=float, default=None, help="exit 1 if a file is below this percentage")
     args = ap.parse_args()
-    objdir = pathlib.Path(args.build) / "CMakeFiles" / "tk_kernels_coverage.dir"
+    objdir = pathlib.Path(args.build).resolve() / "CMakeFiles" / "tk_kernels_coverage.dir"
     gcdas = sorted(objdir.rglob("*.gcda"))
     if not gcdas:
         print(f"emu_coverage: no .gcda under {objdir}; run EMU_CHECK=coverage bash scripts/emulate.sh", file=sys.stderr)
