@@ -85,19 +85,20 @@ def _is_cuda(x) -> bool:
 
 
 def _has_cuda(args, kwargs) -> bool:
-    found = False
-    fake = [False]
+    """Emulated CUDA tensors or a CUDA device among the arguments, and no FakeTensorMode tensor
+    (those belong to the mode above this one)."""
+    found = fake = False
 
     def visit(x):
-        nonlocal found
+        nonlocal found, fake
         if _is_cuda(x) or (isinstance(x, torch.device) and x.type == "cuda"):
             found = True
         elif isinstance(x, FakeTensor):
-            fake[0] = True
+            fake = True
         return x
 
     tree_map(visit, (args, kwargs))
-    return found and not fake[0]
+    return found and not fake
 
 
 _CUDA_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)

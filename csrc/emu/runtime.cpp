@@ -101,7 +101,9 @@ struct Settings {
   uint64_t seed;
   int workers;
   size_t stack_size;
+  bool verbose;  // EMU_VERBOSE: print kernels' symbols, shared-memory ranges and every failure
   Settings() {
+    verbose = std::getenv("EMU_VERBOSE") != nullptr;
     const char* s = std::getenv("EMU_SEED");
     seed = s && *s ? std::strtoull(s, nullptr, 0) : std::random_device{}() * 0x9E3779B97F4A7C15ull ^ uint64_t(::getpid());
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
@@ -231,7 +233,7 @@ KernelInfo& kernel_info(const void* fn) {
       for (const Symbol& s : m->tls)
         if (s.name.compare(0, prefix.size(), prefix) == 0) k.static_smem += s.size;
     }
-    if (std::getenv("EMU_VERBOSE")) std::fprintf(stderr, "emulated GPU: kernel %s in %s, tls %zu, static smem %zu\n", k.mangled.c_str(), m->path.c_str(), m->tls_memsz, k.static_smem);
+    if (settings().verbose) std::fprintf(stderr, "emulated GPU: kernel %s in %s, tls %zu, static smem %zu\n", k.mangled.c_str(), m->path.c_str(), m->tls_memsz, k.static_smem);
     if (m->tls_memsz) g_kernels_module = m;
   }
   k.pretty = k.mangled.empty() ? "<unnamed kernel>" : demangle(k.mangled);
@@ -285,7 +287,6 @@ char* new_stack(size_t size) {
 }  // namespace
 
 struct Launch {
-  const void* kernel;
   const KernelInfo* info;
   dim3 grid, block;
   size_t smem;
@@ -387,7 +388,7 @@ void run_block(Worker& w, Launch& L, uint32_t linear_block) {
     } ti{km->modid, 0};
     w.tls_lo = static_cast<unsigned char*>(__tls_get_addr(&ti));
     w.tls_size = km->tls_memsz;
-    if (std::getenv("EMU_VERBOSE")) std::fprintf(stderr, "emulated GPU: shared TLS %p + %zu (module %zu)\n", (void*)w.tls_lo, w.tls_size, km->modid);
+    if (settings().verbose) std::fprintf(stderr, "emulated GPU: shared TLS %p + %zu (module %zu)\n", (void*)w.tls_lo, w.tls_size, km->modid);
     std::memset(w.tls_lo, kPoison, w.tls_size);
   } else {
     w.tls_lo = nullptr;
@@ -487,12 +488,14 @@ void check_barrier_release(Worker& w) {
     red_or |= t.pred != 0;
     count += t.pred != 0;
   }
+  // Every thread waits at the same barrier (checked above), so one reduction serves them all.
+  const int result = std::strcmp(first->what, "__syncthreads_and") == 0     ? red_and
+                     : std::strcmp(first->what, "__syncthreads_or") == 0    ? red_or
+                     : std::strcmp(first->what, "__syncthreads_count") == 0 ? count
+                                                                            : 0;
   for (Thr& t : w.thr) {
     t.st = St::kReady;
-    t.result = std::strcmp(t.what, "__syncthreads_and") == 0  ? red_and
-               : std::strcmp(t.what, "__syncthreads_or") == 0 ? red_or
-               : std::strcmp(t.what, "__syncthreads_count") == 0 ? count
-                                                                  : 0;
+    t.result = result;
   }
   w.at_barrier = 0;
   ++w.epoch;
@@ -573,7 +576,7 @@ std::atomic<uint64_t> g_stream{0};
 cudaError_t set_error(cudaError_t code, const std::string& detail) {
   t_last_error = code;
   t_last_detail = detail;
-  if (std::getenv("EMU_VERBOSE")) std::fprintf(stderr, "emulated GPU: %s\n", detail.c_str());
+  if (settings().verbose) std::fprintf(stderr, "emulated GPU: %s\n", detail.c_str());
   return code;
 }
 
@@ -640,12 +643,9 @@ const dim3& block_dim() { return t_worker->L->block; }
 const dim3& grid_dim() { return t_worker->L->grid; }
 int lane_id() { return me().lane; }
 
-static void wait_here(Worker& w, Thr& t) {
-  leave_fiber(w, t, false);
-  if (w.failed) {  // the block was stopped while this thread waited: never resume it
-    leave_fiber(w, t, false);
-  }
-}
+// Yields to the scheduler until the barrier or collective releases this thread (a failed block's
+// threads are never resumed).
+static void wait_here(Worker& w, Thr& t) { leave_fiber(w, t, false); }
 
 int block_barrier(BarrierKind kind, int pred, const char* file, int line) {
   Worker& w = *t_worker;
@@ -787,7 +787,6 @@ cudaError_t launch_raw(const void* kernel, dim3 grid, dim3 block, size_t smem, c
     return refuse(cudaErrorInvalidResourceHandle, buf);
   }
   Launch L;
-  L.kernel = kernel;
   L.info = &info;
   L.grid = grid;
   L.block = block;
@@ -811,7 +810,7 @@ cudaStream_t current_stream() { return reinterpret_cast<cudaStream_t>(g_stream.l
 void set_current_stream(cudaStream_t s) { g_stream.store(reinterpret_cast<uint64_t>(s)); }
 uint64_t launches() { return g_launches.load(); }
 
-const uint16_t* fragment_permutation(int kind, int rows, int cols, int elements) {
+const uint16_t* fragment_permutation(int kind, int rows, int cols) {
   static std::mutex m;
   static std::map<std::tuple<int, int, int>, std::vector<uint16_t>> perms;
   std::lock_guard<std::mutex> lock(m);
@@ -822,7 +821,6 @@ const uint16_t* fragment_permutation(int kind, int rows, int cols, int elements)
     for (int i = 0; i < n; ++i) p[i] = uint16_t(i);
     uint64_t s = settings().seed ^ (uint64_t(kind) << 40) ^ (uint64_t(rows) << 20) ^ uint64_t(cols);
     for (int i = n - 1; i > 0; --i) std::swap(p[i], p[splitmix(s) % uint64_t(i + 1)]);
-    (void)elements;
   }
   return p.data();
 }

@@ -88,7 +88,7 @@ class fragment {
   element_type x[num_elements];
   // Row-major matrix index of this lane's element e.
   static int index(int lane, int e) {
-    return ::emu::fragment_permutation(D::kind, D::R, D::C, num_elements)[lane * num_elements + e];
+    return ::emu::fragment_permutation(D::kind, D::R, D::C)[lane * num_elements + e];
   }
 };
 

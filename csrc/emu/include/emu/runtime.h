@@ -78,6 +78,6 @@ void set_current_stream(cudaStream_t s);
 uint64_t launches();  // kernel launches so far (tests)
 
 // Per fragment type, a permutation of its elements, fixed for the process (WMMA).
-const uint16_t* fragment_permutation(int kind, int rows, int cols, int elements);
+const uint16_t* fragment_permutation(int kind, int rows, int cols);
 
 }  // namespace emu
