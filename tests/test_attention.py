@@ -163,8 +163,9 @@ def test_torch_compile_fullgraph(device):
 
 ERRORS = {
     "q rank": (dict(q=torch.randn(2, 3, 8)), r"q must be 4-D \(B, H, Nq, D\), got shape \(2, 3, 8\)"),
-    "k heads": (dict(k=torch.randn(2, 4, 10, 16)), r"k must have shape \(B, H, Nk, D\) = \(2, 3, Nk, 16\)"),
-    "v length": (dict(v=torch.randn(2, 3, 11, 16)), r"v must have shape \(B, H, Nk, D\) = \(2, 3, 10, 16\)"),
+    "k heads": (dict(k=torch.randn(2, 2, 10, 16)), r"k must have shape \(B, Hk, Nk, D\) = \(2, Hk, Nk, 16\) with Hk dividing H = 3"),
+    "v length": (dict(v=torch.randn(2, 3, 11, 16)), r"v must have shape \(B, Hk, Nk, D\) = \(2, 3, 10, 16\)"),
+    "v heads": (dict(k=torch.randn(2, 1, 10, 16)), r"v must have shape \(B, Hk, Nk, D\) = \(2, 1, 10, 16\)"),
     "dtype mix": (dict(k=torch.randn(2, 3, 10, 16, dtype=torch.float64)), r"k must have the dtype of q"),
     "integer q": (dict(q=torch.ones(2, 3, 8, 16, dtype=torch.int32)), r"q must be float16|k must have the dtype of q"),
     "mask dtype": (dict(key_padding_mask=torch.zeros(2, 10)), r"key_padding_mask must be bool"),
@@ -259,6 +260,47 @@ def test_torch_compile_training_step(device):
         torch.testing.assert_close(a, b)
 
 
+# ---- grouped-query attention ---------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("groups", [2, 4], ids=lambda g: f"groups{g}")
+@pytest.mark.parametrize("features", ["plain", "causal+padding+bias"])
+def test_grouped_query_attention(device, dtype, groups, features):
+    """k, v with H / groups heads, read in place (a (B, N, Hk, D) projection's strided view):
+    the output and all gradients against the float64 reference that repeats them."""
+    B, Hk, Nq, Nk, D = 2, 2, 33, 70, 64
+    H = Hk * groups
+    q = torch.randn(B, Nq, H, D, dtype=dtype, device=device).transpose(1, 2)
+    k, v = (torch.randn(B, Nk, Hk, D, dtype=dtype, device=device).transpose(1, 2) for _ in range(2))
+    kw, tensors = {}, [q, k, v]
+    if features != "plain":
+        kw = dict(causal=True, key_padding_mask=torch.rand(B, Nk, device=device) < 0.3)
+        tensors.append(torch.randn(1, H, Nq, Nk, dtype=dtype, device=device))
+    g = torch.randn(B, H, Nq, D, dtype=dtype, device=device)
+    ours = grads(taskkernels.attention, tensors, g, **kw)
+    theirs = grads(reference.attention, tensors, g, **kw)
+    exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **kw)
+    check(q, k, v, dtype, **dict(kw, attn_bias=tensors[3] if len(tensors) > 3 else None))
+    for name, a, b, c in zip("q k v bias".split(), ours, theirs, exact):
+        assert a.shape == c.shape and a.dtype == dtype, name
+        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouped_query_attention_dropout_and_gradcheck(device):
+    """Dropout's mask is keyed by the query head; gradcheck through the grouped backward."""
+    B, H, Hk, Nq, Nk, D, p = 2, 4, 2, 9, 12, 8, 0.25
+    q = torch.randn(B, H, Nq, D, dtype=torch.float64, device=device, requires_grad=True)
+    k, v = (torch.randn(B, Hk, Nk, D, dtype=torch.float64, device=device, requires_grad=True) for _ in range(2))
+    out = taskkernels.attention(q, k, v, causal=True, dropout_p=p, generator=torch.Generator().manual_seed(3))
+    keep = _dropout_keep(3, B, H, Nq, Nk, p).to(device)
+    ref = reference.attention(q, k, v, causal=True, dropout_p=p, dropout_keep=keep)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    kpm = torch.rand(B, Nk, device=device) < 0.3
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: taskkernels.attention(q, k, v, causal=True, key_padding_mask=kpm, scale=0.6), (q, k, v))
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_backward_is_deterministic(dtype):
@@ -268,6 +310,12 @@ def test_cuda_backward_is_deterministic(dtype):
     g = torch.randn(2, 4, 300, 64, device="cuda", dtype=dtype)
     first = grads(taskkernels.attention, [q, k, v], g, causal=True, key_padding_mask=kpm)
     second = grads(taskkernels.attention, [q, k, v], g, causal=True, key_padding_mask=kpm)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    # Grouped-query attention: dK, dV sum over each group's query heads in a fixed order.
+    k2, v2 = k[:, ::2], v[:, ::2]
+    first = grads(taskkernels.attention, [q, k2, v2], g, causal=True, key_padding_mask=kpm)
+    second = grads(taskkernels.attention, [q, k2, v2], g, causal=True, key_padding_mask=kpm)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "common/host_device.h"
+
 namespace taskkernels {
 
 enum class AttnDType { kHalf, kBFloat16, kFloat, kDouble };
@@ -19,13 +21,17 @@ constexpr int kAttentionDotChunk = 64;
 // Masks: key_padding[b, j] true = key j is padding (ignored); mask_bits (below); causal: key j is
 // visible to query i when j <= i + (Nk - Nq) (aligned to the end, as with a KV cache). A row with
 // no visible key gets out = 0 and lse = -inf.
+//
+// Grouped-query attention: k and v have Hk heads, Hk dividing H; query head h reads key/value
+// head h / (H / Hk) (kv_head below), in place. Hk == H is ordinary multi-head attention.
 struct AttentionParams {
   AttnDType dtype;
   int64_t B, H, Nq, Nk, D;
+  int64_t Hk;  // key/value heads
   const void* q;
   const void* k;
   const void* v;
-  int64_t q_stride[4], k_stride[4], v_stride[4];  // element strides (b, h, n, d)
+  int64_t q_stride[4], k_stride[4], v_stride[4];  // element strides (b, h, n, d); k, v: h < Hk
   const bool* key_padding;                       // nullable; (B, Nk)
   int64_t kp_stride[2];
   const void* bias;  // nullable; broadcast through zero strides; dtype of q or float32
@@ -46,6 +52,9 @@ struct AttentionParams {
   void* lse;  // (B, H, Nq) contiguous, float32 (float64 for float64 inputs), natural log
 };
 
+// The key/value head query head h reads.
+TK_HOST_DEVICE int64_t kv_head(const AttentionParams& p, int64_t h) { return h / (p.H / p.Hk); }
+
 // Gradients of the forward above, recomputing the probabilities from the saved lse (nothing
 // Nq x Nk is stored unless the bias gradient is asked for, which is that size by nature).
 struct AttentionBackwardParams {
@@ -53,8 +62,8 @@ struct AttentionBackwardParams {
   const void* grad_out;  // (B, H, Nq, D), any strides
   int64_t grad_out_stride[4];
   void* dq;     // (B, H, Nq, D) contiguous, dtype of q
-  void* dk;     // (B, H, Nk, D) contiguous
-  void* dv;     // (B, H, Nk, D) contiguous
+  void* dk;     // (B, Hk, Nk, D) contiguous: summed over the H / Hk query heads of each group
+  void* dv;     // (B, Hk, Nk, D) contiguous
   void* dbias;  // nullable; (B, H, Nq, Nk) contiguous, float32 (float64 for float64 inputs)
 };
 

@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TK_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define TK_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace taskkernels {
 

@@ -349,8 +349,8 @@ void run(const AttentionParams& p) {
       const int64_t qb_begin = (item % items_per_head) * per_item;
       const int64_t qb_end = std::min(q_blocks, qb_begin + per_item);
       const T* qbase = qp + b * p.q_stride[0] + h * p.q_stride[1];
-      const T* kbase = kp + b * p.k_stride[0] + h * p.k_stride[1];
-      const T* vbase = vp + b * p.v_stride[0] + h * p.v_stride[1];
+      const T* kbase = kp + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
+      const T* vbase = vp + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
 
       // The keys any row of this item can see; K^T gets zero columns up to a whole block.
       const int64_t last_row = std::min(Nq, qb_end * BQ) - 1;
@@ -481,16 +481,17 @@ void run(const AttentionParams& p) {
 }
 
 
-// Backward for one (b, h) per work item: key blocks outer (dK, dV accumulate in registers-sized
-// buffers and are written once), query blocks inner (dQ accumulates over key blocks in a per-item
-// buffer). P is recomputed from lse; dS = P * (dP - rowsum(dO * O)).
+// Backward for one (b, key/value head) per work item, its query heads one after another (one
+// head without grouped-query attention): key blocks outer, query blocks inner. dK, dV accumulate
+// in per-item buffers over the group's heads in order and are written once; dQ accumulates over
+// key blocks in a per-head buffer. P is recomputed from lse; dS = P * (dP - rowsum(dO * O)).
 template <class T, class A>
 void run_backward(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
   constexpr A kLog2e = A(1.4426950408889634);
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
-  const int64_t B = p.B, H = p.H, Nq = p.Nq, Nk = p.Nk, D = p.D;
-  const int64_t Dp = round_up(D, CB), Nqp = round_up(Nq, BQ), shift = Nk - Nq;
+  const int64_t B = p.B, H = p.H, Hk = p.Hk, G = H / Hk, Nq = p.Nq, Nk = p.Nk, D = p.D;
+  const int64_t Dp = round_up(D, CB), Nqp = round_up(Nq, BQ), Nkp = round_up(Nk, BK), shift = Nk - Nq;
   const A scale = static_cast<A>(p.scale), sl = scale * kLog2e;
   const bool dropout = p.dropout_p > 0;
   const uint32_t threshold = dropout_threshold(p.dropout_p);
@@ -502,11 +503,11 @@ void run_backward(const AttentionBackwardParams& bp) {
   const A* lsep = static_cast<const A*>(p.lse);
   const T* gp = static_cast<const T*>(bp.grad_out);
 
-  torch::stable::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    // Per item: Q, dO as [Nqp][Dp] rows; lse and Delta per row; dQ accumulator.
+  torch::stable::parallel_for(0, B * Hk, 1, [&](int64_t begin, int64_t end) {
+    // Per query head: Q, dO as [Nqp][Dp] rows; lse and Delta per row; dQ accumulator.
     Buffer<A> Q(Nqp * Dp), dO(Nqp * Dp), lse2(Nqp), delta(Nqp), dQ(Nqp * Dp);
-    // Per key block: K^T, V^T as [D][BK]; K as [BK][Dp]; dK, dV accumulators.
-    Buffer<A> KT(D * BK), VT(D * BK), Kb(BK * Dp), dK(BK * Dp), dV(BK * Dp);
+    // Per item: dK, dV accumulators [Nkp][Dp]. Per key block: K^T, V^T as [D][BK]; K as [BK][Dp].
+    Buffer<A> KT(D * BK), VT(D * BK), Kb(BK * Dp), dK_all(Nkp * Dp), dV_all(Nkp * Dp);
     Buffer<A> S(BQ * BK), P(BQ * BK), Pn(BQ * BK), PT(BK * BQ), dP(BQ * BK), dST(BK * BQ);
     Buffer<A> pad_add(p.key_padding ? Nk : 1);  // key padding as an additive row (0 / -inf)
     // Per-query mask: a tile's rows that see any of its keys, gathered (Q, dO rows; dQ rows
@@ -516,141 +517,143 @@ void run_backward(const AttentionBackwardParams& bp) {
     const bool compact = p.mask_bits != nullptr;
     Buffer<A> Qc(compact ? BQ * Dp : 1), dOc(compact ? BQ * Dp : 1), dQc(compact ? BQ * Dp : 1);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / H, h = item % H;
-      const T* qb = qp + b * p.q_stride[0] + h * p.q_stride[1];
-      const T* kb = kp + b * p.k_stride[0] + h * p.k_stride[1];
-      const T* vb = vp + b * p.v_stride[0] + h * p.v_stride[1];
-      const T* gb = gp + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
-      const T* ob = op + (b * H + h) * Nq * D;
-      const A* lb = lsep + (b * H + h) * Nq;
-      for (int64_t i = 0; i < Nqp; ++i) {
-        A dsum = 0;
-        for (int64_t d = 0; d < Dp; ++d) {
-          const bool in = i < Nq && d < D;
-          Q[i * Dp + d] = in ? static_cast<A>(qb[i * p.q_stride[2] + d * p.q_stride[3]]) : A(0);
-          dO[i * Dp + d] = in ? static_cast<A>(gb[i * bp.grad_out_stride[2] + d * bp.grad_out_stride[3]]) : A(0);
-          if (in) dsum += dO[i * Dp + d] * static_cast<A>(ob[i * D + d]);
-          dQ[i * Dp + d] = A(0);
-        }
-        delta[i] = dsum;
-        lse2[i] = i < Nq ? lb[i] * kLog2e : kNegInf;  // base 2, like the scores below
-      }
-      const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
-      if (kpm)
-        for (int64_t j = 0; j < Nk; ++j) pad_add[j] = kpm[j * p.kp_stride[1]] ? kNegInf : A(0);
-
-      for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
-        const int64_t nk = std::min(BK, Nk - k0), cols = round_up(nk, CB), krows = round_up(nk, RB);
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t c = 0; c < BK; ++c) {
-            const bool in = c < nk;
-            KT[d * BK + c] = in ? static_cast<A>(kb[(k0 + c) * p.k_stride[2] + d * p.k_stride[3]]) : A(0);
-            VT[d * BK + c] = in ? static_cast<A>(vb[(k0 + c) * p.v_stride[2] + d * p.v_stride[3]]) : A(0);
-          }
-        for (int64_t c = 0; c < BK; ++c)
+      const int64_t b = item / Hk, hk = item % Hk;
+      const T* kb = kp + b * p.k_stride[0] + hk * p.k_stride[1];
+      const T* vb = vp + b * p.v_stride[0] + hk * p.v_stride[1];
+      fill(dK_all.data(), Nkp * Dp, A(0));
+      fill(dV_all.data(), Nkp * Dp, A(0));
+      for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        const T* qb = qp + b * p.q_stride[0] + h * p.q_stride[1];
+        const T* gb = gp + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
+        const T* ob = op + (b * H + h) * Nq * D;
+        const A* lb = lsep + (b * H + h) * Nq;
+        for (int64_t i = 0; i < Nqp; ++i) {
+          A dsum = 0;
           for (int64_t d = 0; d < Dp; ++d) {
-            Kb[c * Dp + d] = c < nk && d < D ? KT[d * BK + c] : A(0);
-            dK[c * Dp + d] = A(0);
-            dV[c * Dp + d] = A(0);
+            const bool in = i < Nq && d < D;
+            Q[i * Dp + d] = in ? static_cast<A>(qb[i * p.q_stride[2] + d * p.q_stride[3]]) : A(0);
+            dO[i * Dp + d] = in ? static_cast<A>(gb[i * bp.grad_out_stride[2] + d * bp.grad_out_stride[3]]) : A(0);
+            if (in) dsum += dO[i * Dp + d] * static_cast<A>(ob[i * D + d]);
+            dQ[i * Dp + d] = A(0);
           }
-        // Query rows that can see a key of this block (causal: i + shift >= k0).
-        const int64_t q_first = p.causal ? std::max<int64_t>(0, k0 - shift) : 0;
-        for (int64_t q0 = q_first / BQ * BQ; q0 < Nq; q0 += BQ) {
-          const int64_t nr = std::min(BQ, Nq - q0);
-          // Working rows: all of the block's, or (per-query mask) those that see a key here.
-          const A* Qw = Q.data() + q0 * Dp;
-          const A* dOw = dO.data() + q0 * Dp;
-          A* dQw = dQ.data() + q0 * Dp;
-          const int64_t* row_of = all_rows.data();
-          int64_t nw = nr;
-          if (compact) {
-            nw = live_rows(p, b, q0, nr, k0, nk, live.data());
-            if (nw == 0) continue;  // nothing of this tile is visible
-            if (nw < nr) {
-              for (int64_t t = 0; t < round_up(nw, RB); ++t)
-                for (int64_t d = 0; d < Dp; ++d) {
-                  Qc[t * Dp + d] = t < nw ? Q[(q0 + live[t]) * Dp + d] : A(0);
-                  dOc[t * Dp + d] = t < nw ? dO[(q0 + live[t]) * Dp + d] : A(0);
-                  dQc[t * Dp + d] = A(0);
-                }
-              Qw = Qc.data(), dOw = dOc.data(), dQw = dQc.data(), row_of = live.data();
-            }
-          }
-          const int64_t wrows = round_up(nw, RB);
-          qk_block(Qw, KT.data(), S.data(), wrows, cols, D, BK, Dp);
-          qk_block(dOw, VT.data(), dP.data(), wrows, cols, D, BK, Dp);
-          for (int64_t t = 0; t < BQ; ++t) {
-            A* sr = S.data() + t * BK;
-            A* pn = Pn.data() + t * BK;
-            A* ds = P.data() + t * BK;  // dS, row-major: the A operand of dQ += dS K
-            const int64_t i = t < nw ? q0 + row_of[t] : 0;
-            if (t >= nw || lse2[i] == kNegInf) {  // padding row, or a row that saw nothing
-              fill(pn, BK, A(0));
-              fill(ds, BK, A(0));
-              continue;
-            }
-            const A li = lse2[i];
-            for (int64_t c = 0; c < BK; ++c) sr[c] = sr[c] * sl - li;
-            if (p.bias) {
-              const int64_t base = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2];
-              const int64_t bs = p.bias_stride[3];
-              if (p.bias_is_float32) {
-                const float* bq = static_cast<const float*>(p.bias) + base + k0 * bs;
-                for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
-              } else {
-                const T* bq = static_cast<const T*>(p.bias) + base + k0 * bs;
-                for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
-              }
-            }
-            if (kpm) {
-              const A* pa = pad_add.data() + k0;
-              for (int64_t c = 0; c < nk; ++c) sr[c] += pa[c];
-            }
-            if (p.mask_bits) apply_blocked(sr, blocked_bits(p, b, i, k0), nk);
-            const int64_t visible = p.causal ? std::min(nk, std::max<int64_t>(0, i + shift + 1 - k0)) : nk;
-            for (int64_t c = visible; c < BK; ++c) sr[c] = kNegInf;
-            exp_row(sr, pn, BK);
-            const A di = delta[i];
-            const A* dpr = dP.data() + t * BK;
-            if (dropout) {
-              // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP' - delta).
-              const uint64_t base = static_cast<uint64_t>(((b * H + h) * Nq + i) * Nk + k0);
-              for (int64_t c = 0; c < BK; ++c) {
-                const A z = c < nk && dropout_keep(p.seed, threshold, base + c) ? keep_scale : A(0);
-                ds[c] = pn[c] * (dpr[c] * z - di);
-                pn[c] *= z;
-              }
-            } else {
-              for (int64_t c = 0; c < BK; ++c) ds[c] = pn[c] * (dpr[c] - di);
-            }
-            if (bp.dbias) {
-              A* db = static_cast<A*>(bp.dbias) + (((b * H + h) * Nq) + i) * Nk + k0;
-              for (int64_t c = 0; c < nk; ++c) db[c] = ds[c];
-            }
-          }
-          for (int64_t c = 0; c < BK; ++c)
-            for (int64_t r = 0; r < BQ; ++r) {
-              PT[c * BQ + r] = Pn[r * BK + c];
-              dST[c * BQ + r] = P[r * BK + c];
-            }
-          pv_block(PT.data(), dOw, dV.data(), krows, nw, Dp);   // dV += P^T dO
-          pv_block(dST.data(), Qw, dK.data(), krows, nw, Dp);   // dK += dS^T Q
-          pv_block(P.data(), Kb.data(), dQw, wrows, nk, Dp);    // dQ += dS K
-          if (dQw == dQc.data())
-            for (int64_t t = 0; t < nw; ++t)
-              for (int64_t d = 0; d < Dp; ++d) dQ[(q0 + live[t]) * Dp + d] += dQc[t * Dp + d];
+          delta[i] = dsum;
+          lse2[i] = i < Nq ? lb[i] * kLog2e : kNegInf;  // base 2, like the scores below
         }
-        T* dkb = static_cast<T*>(bp.dk) + ((b * H + h) * Nk + k0) * D;
-        T* dvb = static_cast<T*>(bp.dv) + ((b * H + h) * Nk + k0) * D;
-        for (int64_t c = 0; c < nk; ++c)
-          for (int64_t d = 0; d < D; ++d) {
-            dkb[c * D + d] = static_cast<T>(dK[c * Dp + d] * scale);
-            dvb[c * D + d] = static_cast<T>(dV[c * Dp + d]);
+        const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
+        if (kpm)
+          for (int64_t j = 0; j < Nk; ++j) pad_add[j] = kpm[j * p.kp_stride[1]] ? kNegInf : A(0);
+
+        for (int64_t k0 = 0; k0 < Nk; k0 += BK) {
+          const int64_t nk = std::min(BK, Nk - k0), cols = round_up(nk, CB), krows = round_up(nk, RB);
+          for (int64_t d = 0; d < D; ++d)
+            for (int64_t c = 0; c < BK; ++c) {
+              const bool in = c < nk;
+              KT[d * BK + c] = in ? static_cast<A>(kb[(k0 + c) * p.k_stride[2] + d * p.k_stride[3]]) : A(0);
+              VT[d * BK + c] = in ? static_cast<A>(vb[(k0 + c) * p.v_stride[2] + d * p.v_stride[3]]) : A(0);
+            }
+          for (int64_t c = 0; c < BK; ++c)
+            for (int64_t d = 0; d < Dp; ++d) Kb[c * Dp + d] = c < nk && d < D ? KT[d * BK + c] : A(0);
+          A* dK = dK_all.data() + k0 * Dp;
+          A* dV = dV_all.data() + k0 * Dp;
+          // Query rows that can see a key of this block (causal: i + shift >= k0).
+          const int64_t q_first = p.causal ? std::max<int64_t>(0, k0 - shift) : 0;
+          for (int64_t q0 = q_first / BQ * BQ; q0 < Nq; q0 += BQ) {
+            const int64_t nr = std::min(BQ, Nq - q0);
+            // Working rows: all of the block's, or (per-query mask) those that see a key here.
+            const A* Qw = Q.data() + q0 * Dp;
+            const A* dOw = dO.data() + q0 * Dp;
+            A* dQw = dQ.data() + q0 * Dp;
+            const int64_t* row_of = all_rows.data();
+            int64_t nw = nr;
+            if (compact) {
+              nw = live_rows(p, b, q0, nr, k0, nk, live.data());
+              if (nw == 0) continue;  // nothing of this tile is visible
+              if (nw < nr) {
+                for (int64_t t = 0; t < round_up(nw, RB); ++t)
+                  for (int64_t d = 0; d < Dp; ++d) {
+                    Qc[t * Dp + d] = t < nw ? Q[(q0 + live[t]) * Dp + d] : A(0);
+                    dOc[t * Dp + d] = t < nw ? dO[(q0 + live[t]) * Dp + d] : A(0);
+                    dQc[t * Dp + d] = A(0);
+                  }
+                Qw = Qc.data(), dOw = dOc.data(), dQw = dQc.data(), row_of = live.data();
+              }
+            }
+            const int64_t wrows = round_up(nw, RB);
+            qk_block(Qw, KT.data(), S.data(), wrows, cols, D, BK, Dp);
+            qk_block(dOw, VT.data(), dP.data(), wrows, cols, D, BK, Dp);
+            for (int64_t t = 0; t < BQ; ++t) {
+              A* sr = S.data() + t * BK;
+              A* pn = Pn.data() + t * BK;
+              A* ds = P.data() + t * BK;  // dS, row-major: the A operand of dQ += dS K
+              const int64_t i = t < nw ? q0 + row_of[t] : 0;
+              if (t >= nw || lse2[i] == kNegInf) {  // padding row, or a row that saw nothing
+                fill(pn, BK, A(0));
+                fill(ds, BK, A(0));
+                continue;
+              }
+              const A li = lse2[i];
+              for (int64_t c = 0; c < BK; ++c) sr[c] = sr[c] * sl - li;
+              if (p.bias) {
+                const int64_t base = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2];
+                const int64_t bs = p.bias_stride[3];
+                if (p.bias_is_float32) {
+                  const float* bq = static_cast<const float*>(p.bias) + base + k0 * bs;
+                  for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
+                } else {
+                  const T* bq = static_cast<const T*>(p.bias) + base + k0 * bs;
+                  for (int64_t c = 0; c < nk; ++c) sr[c] += static_cast<A>(bq[c * bs]) * kLog2e;
+                }
+              }
+              if (kpm) {
+                const A* pa = pad_add.data() + k0;
+                for (int64_t c = 0; c < nk; ++c) sr[c] += pa[c];
+              }
+              if (p.mask_bits) apply_blocked(sr, blocked_bits(p, b, i, k0), nk);
+              const int64_t visible = p.causal ? std::min(nk, std::max<int64_t>(0, i + shift + 1 - k0)) : nk;
+              for (int64_t c = visible; c < BK; ++c) sr[c] = kNegInf;
+              exp_row(sr, pn, BK);
+              const A di = delta[i];
+              const A* dpr = dP.data() + t * BK;
+              if (dropout) {
+                // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP' - delta).
+                const uint64_t base = static_cast<uint64_t>(((b * H + h) * Nq + i) * Nk + k0);
+                for (int64_t c = 0; c < BK; ++c) {
+                  const A z = c < nk && dropout_keep(p.seed, threshold, base + c) ? keep_scale : A(0);
+                  ds[c] = pn[c] * (dpr[c] * z - di);
+                  pn[c] *= z;
+                }
+              } else {
+                for (int64_t c = 0; c < BK; ++c) ds[c] = pn[c] * (dpr[c] - di);
+              }
+              if (bp.dbias) {
+                A* db = static_cast<A*>(bp.dbias) + (((b * H + h) * Nq) + i) * Nk + k0;
+                for (int64_t c = 0; c < nk; ++c) db[c] = ds[c];
+              }
+            }
+            for (int64_t c = 0; c < BK; ++c)
+              for (int64_t r = 0; r < BQ; ++r) {
+                PT[c * BQ + r] = Pn[r * BK + c];
+                dST[c * BQ + r] = P[r * BK + c];
+              }
+            pv_block(PT.data(), dOw, dV, krows, nw, Dp);   // dV += P^T dO
+            pv_block(dST.data(), Qw, dK, krows, nw, Dp);   // dK += dS^T Q
+            pv_block(P.data(), Kb.data(), dQw, wrows, nk, Dp);    // dQ += dS K
+            if (dQw == dQc.data())
+              for (int64_t t = 0; t < nw; ++t)
+                for (int64_t d = 0; d < Dp; ++d) dQ[(q0 + live[t]) * Dp + d] += dQc[t * Dp + d];
           }
-      }
-      T* dqb = static_cast<T*>(bp.dq) + (b * H + h) * Nq * D;
-      for (int64_t i = 0; i < Nq; ++i)
-        for (int64_t d = 0; d < D; ++d) dqb[i * D + d] = static_cast<T>(dQ[i * Dp + d] * scale);
+        }
+        T* dqb = static_cast<T*>(bp.dq) + (b * H + h) * Nq * D;
+        for (int64_t i = 0; i < Nq; ++i)
+          for (int64_t d = 0; d < D; ++d) dqb[i * D + d] = static_cast<T>(dQ[i * Dp + d] * scale);
+      }  // query heads of the group
+      T* dkb = static_cast<T*>(bp.dk) + (b * Hk + hk) * Nk * D;
+      T* dvb = static_cast<T*>(bp.dv) + (b * Hk + hk) * Nk * D;
+      for (int64_t j = 0; j < Nk; ++j)
+        for (int64_t d = 0; d < D; ++d) {
+          dkb[j * D + d] = static_cast<T>(dK_all[j * Dp + d] * scale);
+          dvb[j * D + d] = static_cast<T>(dV_all[j * Dp + d]);
+        }
     }
   });
 }

@@ -19,7 +19,7 @@ namespace ts = torch::stable;
 constexpr const char* kOp = "attention";
 
 struct Dims {
-  int64_t B, H, Nq, Nk, D;
+  int64_t B, H, Nq, Nk, D, Hk;  // Hk: key/value heads (grouped-query attention when < H)
 };
 
 Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -31,12 +31,12 @@ Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   TK_CHECK(q.is_cpu() || q.is_cuda(), op, "q must be on a CPU or CUDA device");
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
   TK_CHECK(D >= 1, op, "q's head dimension must be at least 1, got shape ", shape_str(q));
-  TK_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D, op,
-           "k must have shape (B, H, Nk, D) = (", B, ", ", H, ", Nk, ", D, ") to match q, got ",
-           shape_str(k));
-  const int64_t Nk = k.size(2);
-  TK_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == H && v.size(2) == Nk && v.size(3) == D,
-           op, "v must have shape (B, H, Nk, D) = (", B, ", ", H, ", ", Nk, ", ", D,
+  TK_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) >= 1 && H % k.size(1) == 0 && k.size(3) == D, op,
+           "k must have shape (B, Hk, Nk, D) = (", B, ", Hk, Nk, ", D, ") with Hk dividing H = ", H,
+           " (Hk < H: grouped-query attention) to match q, got ", shape_str(k));
+  const int64_t Hk = k.size(1), Nk = k.size(2);
+  TK_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == Hk && v.size(2) == Nk && v.size(3) == D,
+           op, "v must have shape (B, Hk, Nk, D) = (", B, ", ", Hk, ", ", Nk, ", ", D,
            ") to match q and k, got ", shape_str(v));
   check_same(op, k, "k", q, "q");
   check_same(op, v, "v", q, "q");
@@ -68,7 +68,7 @@ Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   if (scale.has_value()) {
     TK_CHECK(std::isfinite(*scale), op, "scale must be finite, got ", *scale);
   }
-  return {B, H, Nq, Nk, D};
+  return {B, H, Nq, Nk, D, Hk};
 }
 
 // The dropout probability and its seed: a 0-dim (or one-element) int64 CPU tensor, drawn from
@@ -105,7 +105,7 @@ AttentionParams make_params(const Dims& d, const Tensor& q, const Tensor& k, con
   p.seed = check_dropout(dropout_p, seed);
   p.dropout_p = dropout_p;
   p.dtype = attn_dtype(q.scalar_type());
-  p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D;
+  p.B = d.B, p.H = d.H, p.Nq = d.Nq, p.Nk = d.Nk, p.D = d.D, p.Hk = d.Hk;
   p.q = q.const_data_ptr(), p.k = k.const_data_ptr(), p.v = v.const_data_ptr();
   for (int i = 0; i < 4; ++i) {
     p.q_stride[i] = q.stride(i), p.k_stride[i] = k.stride(i), p.v_stride[i] = v.stride(i);
@@ -188,8 +188,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> run_backward(
            "lse must be on the device of q (", device_str(q), "), got ", device_str(lse));
   need_bias_grad = need_bias_grad && attn_bias.has_value();
   Tensor dq = ts::new_empty(q, {d.B, d.H, d.Nq, d.D});
-  Tensor dk = ts::new_empty(q, {d.B, d.H, d.Nk, d.D});
-  Tensor dv = ts::new_empty(q, {d.B, d.H, d.Nk, d.D});
+  Tensor dk = ts::new_empty(q, {d.B, d.Hk, d.Nk, d.D});
+  Tensor dv = ts::new_empty(q, {d.B, d.Hk, d.Nk, d.D});
   Tensor dbias = need_bias_grad
                      ? ts::new_zeros(q, {d.B, d.H, d.Nq, d.Nk}, lse_dtype(q.scalar_type()))
                      : ts::new_empty(q, {0}, lse_dtype(q.scalar_type()));
@@ -279,6 +279,7 @@ Tensor pack_attention_mask_cpu(std::optional<Tensor> mask, std::optional<Tensor>
 Dims check_masked(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask_bits,
                   std::optional<double> scale) {
   const Dims d = check_attention(q, k, v, std::nullopt, std::nullopt, scale, kMaskedOp);
+  TK_CHECK(d.Hk == d.H, kMaskedOp, "k and v must have the H = ", d.H, " heads of q, got k of shape ", shape_str(k));
   TK_CHECK(mask_bits.scalar_type() == ScalarType::Long && mask_bits.dim() == 3 && mask_bits.size(0) == d.B &&
                mask_bits.size(1) == d.Nq && mask_bits.size(2) == mask_words(d.Nk),
            kMaskedOp, "mask_bits must be the int64 (B, Nq, ceil(Nk / 64)) = (", d.B, ", ", d.Nq, ", ",

@@ -46,8 +46,12 @@ def attention(
     """Reference of :func:`taskkernels.attention`: the full score matrix in the inputs' dtype,
     the causal mask aligned to the end (key j visible to query i when j <= i + Nk - Nq), and
     rows with no visible key giving zeros (lse -inf). With dropout, ``dropout_keep`` is the
-    (B, H, Nq, Nk) bool keep-mask (taskkernels draws it with ``_C._attention_dropout_keep``)."""
+    (B, H, Nq, Nk) bool keep-mask (taskkernels draws it with ``_C._attention_dropout_keep``).
+    k, v with fewer heads than q (grouped-query attention) are repeated to q's heads."""
     Nq, Nk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    if k.dim() == 4 and k.shape[1] != q.shape[1]:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
     if attn_bias is not None:

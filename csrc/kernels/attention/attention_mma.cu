@@ -108,8 +108,8 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
   const float sscale = float(p.scale) * kLog2e;
 
   const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1];
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
 
   load_tile<T, HD, LD>(Qs, qg, m0, Nq, D, p.q_stride[2], p.q_stride[3]);
   __syncthreads();

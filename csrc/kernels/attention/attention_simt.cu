@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) attention_simt_kernel(Atte
   for (int64_t d = lane; d < D; d += 32) qs[warp][d] = Num<T>::to_acc(q[d * p.q_stride[3]]) * qscale;
   __syncwarp();
 
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1];
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1];
+  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
+  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
   const int64_t shift = p.Nk - p.Nq;
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), i + shift + 1)) : p.Nk;
 

@@ -2,8 +2,9 @@
 // element is a sum in a fixed order, no atomics.
 //
 //   1. delta[i] = dO_i . O_i                                      (one warp per query row)
-//   2. dK, dV: a block per (b, h, tile of BN keys); query tiles of BM stream through shared
-//      memory; P and dS = P (dP - delta) are recomputed from the saved lse for each
+//   2. dK, dV: a block per (b, key/value head, tile of BN keys); the query tiles of BM of each
+//      query head reading that key/value head (grouped-query attention: H / Hk of them, in
+//      order) stream through shared memory; P and dS = P (dP - delta) are recomputed from the saved lse for each
 //      (query tile, key tile) pair, and dV += P^T dO, dK += dS^T Q accumulate in registers.
 //   3. dQ (and dbias): a block per (b, h, tile of BM queries); key tiles stream through; the same
 //      P and dS recomputed; dQ += dS K in registers; dbias = dS written once per element.
@@ -188,11 +189,12 @@ __device__ __forceinline__ void load_query_tile(const AttentionBackwardParams& b
   }
 }
 
+// K and V rows of key tile n0 of key/value head hk into shared memory (no barrier).
 template <class T, class A, int HD, int BM, int BN>
-__device__ __forceinline__ void load_key_tile(const AttentionParams& p, Tiles<A, HD, BM, BN>& t, int64_t b, int64_t h,
+__device__ __forceinline__ void load_key_tile(const AttentionParams& p, Tiles<A, HD, BM, BN>& t, int64_t b, int64_t hk,
                                               int64_t n0) {
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1];
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   load_rows<T, A, BN, HD, Tiles<A, HD, BM, BN>::LD>(t.k, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
   load_rows<T, A, BN, HD, Tiles<A, HD, BM, BN>::LD>(t.v, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
 }
@@ -203,8 +205,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(AttentionBackwardParams 
   unsigned char* smem_raw = dynamic_smem();
   auto& t = *reinterpret_cast<Tiles<A, HD, BM, BN>*>(smem_raw);
   const AttentionParams& p = bp.fwd;
-  const int64_t b = blockIdx.z, h = blockIdx.y, n0 = int64_t(blockIdx.x) * BN;
-  const int64_t nvalid = min(int64_t(BN), p.Nk - n0), shift = p.Nk - p.Nq;
+  const int64_t b = blockIdx.z, hk = blockIdx.y, n0 = int64_t(blockIdx.x) * BN;
+  const int64_t nvalid = min(int64_t(BN), p.Nk - n0), shift = p.Nk - p.Nq, group = p.H / p.Hk;
 
   // Thread -> (key c, columns d = sub + TPK * u).
   constexpr int TPK = kThreads / BN, COLS = HD / TPK;
@@ -214,30 +216,33 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(AttentionBackwardParams 
 #pragma unroll
   for (int u = 0; u < COLS; ++u) dk[u] = dv[u] = A(0);
 
-  load_key_tile<T, A, HD, BM, BN>(p, t, b, h, n0);
+  load_key_tile<T, A, HD, BM, BN>(p, t, b, hk, n0);
   // Causal: queries before n0 - shift see none of these keys.
   const int64_t q_first = p.causal ? max(int64_t(0), n0 - shift) : 0;
-  for (int64_t m0 = q_first / BM * BM; m0 < p.Nq; m0 += BM) {
-    if (pair_blocked<BM>(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;
-    load_query_tile<T, A, HD, BM, BN>(bp, t, delta, b, h, m0);
-    __syncthreads();
-    recompute_p_ds<T, A, HD, BM, BN>(bp, t, b, h, m0, n0, false);
-    for (int r = 0; r < BM; ++r) {
-      const A pr = t.p[r][c], dsr = t.ds[r][c];
+  // The query heads sharing this key/value head (one without grouped-query attention), in order.
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+    for (int64_t m0 = q_first / BM * BM; m0 < p.Nq; m0 += BM) {
+      if (pair_blocked<BM>(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;
+      load_query_tile<T, A, HD, BM, BN>(bp, t, delta, b, h, m0);
+      __syncthreads();
+      recompute_p_ds<T, A, HD, BM, BN>(bp, t, b, h, m0, n0, false);
+      for (int r = 0; r < BM; ++r) {
+        const A pr = t.p[r][c], dsr = t.ds[r][c];
 #pragma unroll
-      for (int u = 0; u < COLS; ++u) {
-        const int d = sub + TPK * u;
-        dv[u] += pr * t.go[r][d];
-        dk[u] += dsr * t.q[r][d];
+        for (int u = 0; u < COLS; ++u) {
+          const int d = sub + TPK * u;
+          dv[u] += pr * t.go[r][d];
+          dk[u] += dsr * t.q[r][d];
+        }
       }
+      __syncthreads();  // before the next query tile overwrites Q, dO, P, dS
     }
-    __syncthreads();  // before the next query tile overwrites Q, dO, P, dS
   }
 
   const int64_t j = n0 + c;
   if (j < p.Nk) {
-    T* dkg = static_cast<T*>(bp.dk) + ((b * p.H + h) * p.Nk + j) * p.D;
-    T* dvg = static_cast<T*>(bp.dv) + ((b * p.H + h) * p.Nk + j) * p.D;
+    T* dkg = static_cast<T*>(bp.dk) + ((b * p.Hk + hk) * p.Nk + j) * p.D;
+    T* dvg = static_cast<T*>(bp.dv) + ((b * p.Hk + hk) * p.Nk + j) * p.D;
     const A scale = A(p.scale);
 #pragma unroll
     for (int u = 0; u < COLS; ++u) {
@@ -273,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(AttentionBackwardParams bp
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), m0 + mvalid + shift)) : p.Nk;
   for (int64_t n0 = 0; n0 < kend; n0 += BN) {
     if (pair_blocked<BM>(p, b, m0, mvalid, n0, min(int64_t(BN), p.Nk - n0))) continue;
-    load_key_tile<T, A, HD, BM, BN>(p, t, b, h, n0);
+    load_key_tile<T, A, HD, BM, BN>(p, t, b, kv_head(p, h), n0);
     __syncthreads();
     recompute_p_ds<T, A, HD, BM, BN>(bp, t, b, h, m0, n0, write_dbias);
     for (int c = 0; c < BN; ++c) {
@@ -318,7 +323,7 @@ cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t str
   if ((err = allow_smem(dkdv_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
   if ((err = allow_smem(dq_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
   if (p.Nk > 0) {
-    const dim3 grid{unsigned((p.Nk + BN - 1) / BN), unsigned(p.H), unsigned(p.B)};
+    const dim3 grid{unsigned((p.Nk + BN - 1) / BN), unsigned(p.Hk), unsigned(p.B)};
     if ((err = launch_kernel(dkdv_kernel<T, A, HD, BM, BN>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
   }
   if (p.Nq > 0) {

@@ -46,9 +46,11 @@ def attention(
     """softmax(scale * q k^T + attn_bias, masked) v, without materializing the Nq x Nk scores.
 
     Args:
-        q: (B, H, Nq, D); k, v: (B, H, Nk, D), the layout of ``F.scaled_dot_product_attention``.
+        q: (B, H, Nq, D); k, v: (B, Hk, Nk, D), the layout of ``F.scaled_dot_product_attention``.
             Any strides (e.g. a (B, N, H, D) projection viewed with ``transpose(1, 2)``).
             float16, bfloat16, float32 or float64, all the same dtype and device.
+            Hk < H (dividing it) is grouped-query attention: query head h reads key/value head
+            ``h // (H // Hk)`` in place (no copy), and k, v's gradients sum over their group.
         causal: query i sees key j only when ``j <= i + (Nk - Nq)``: the mask is aligned to the
             *end*, as with a KV cache (Nq < Nk during generation). For Nq == Nk this is the usual
             lower-triangular mask. (``F.scaled_dot_product_attention(is_causal=True)`` aligns it
@@ -86,11 +88,12 @@ def _check(q, k, v, key_padding_mask, attn_bias, scale):
 
     need(q.dim() == 4, f"q must be 4-D (B, H, Nq, D), got shape {tuple(q.shape)}")
     B, H, Nq, D = q.shape
-    need(k.dim() == 4 and (k.shape[0], k.shape[1], k.shape[3]) == (B, H, D),
-         f"k must have shape (B, H, Nk, D) = ({B}, {H}, Nk, {D}) to match q, got {tuple(k.shape)}")
-    Nk = k.shape[2]
-    need(tuple(v.shape) == (B, H, Nk, D),
-         f"v must have shape (B, H, Nk, D) = ({B}, {H}, {Nk}, {D}) to match q and k, got {tuple(v.shape)}")
+    need(k.dim() == 4 and (k.shape[0], k.shape[3]) == (B, D) and k.shape[1] >= 1 and H % k.shape[1] == 0,
+         f"k must have shape (B, Hk, Nk, D) = ({B}, Hk, Nk, {D}) with Hk dividing H = {H} "
+         f"(Hk < H: grouped-query attention) to match q, got {tuple(k.shape)}")
+    Hk, Nk = k.shape[1], k.shape[2]
+    need(tuple(v.shape) == (B, Hk, Nk, D),
+         f"v must have shape (B, Hk, Nk, D) = ({B}, {Hk}, {Nk}, {D}) to match q and k, got {tuple(v.shape)}")
     for name, t in (("k", k), ("v", v)):
         need(t.dtype == q.dtype, f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
         need(t.device == q.device, f"{name} must be on the device of q ({q.device}), got {t.device}")
@@ -122,12 +125,12 @@ def _attention_fake(q, k, v, causal=False, key_padding_mask=None, attn_bias=None
 def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, key_padding_mask, attn_bias, scale, need_bias_grad,
                              dropout_p=0.0, seed=None):
     B, H, Nq, D = _check(q, k, v, key_padding_mask, attn_bias, scale)
-    Nk = k.shape[2]
+    Hk, Nk = k.shape[1], k.shape[2]
     torch._check(tuple(grad_out.shape) == (B, H, Nq, D),
                  lambda: f"taskkernels.attention: grad_out must have shape ({B}, {H}, {Nq}, {D}), got {tuple(grad_out.shape)}")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     dbias_shape = (B, H, Nq, Nk) if need_bias_grad and attn_bias is not None else (0,)
-    return (q.new_empty((B, H, Nq, D)), q.new_empty((B, H, Nk, D)), q.new_empty((B, H, Nk, D)),
+    return (q.new_empty((B, H, Nq, D)), q.new_empty((B, Hk, Nk, D)), q.new_empty((B, Hk, Nk, D)),
             q.new_empty(dbias_shape, dtype=acc))
 
 
