@@ -16,6 +16,7 @@ from .ops.hungarian_match import hungarian_cost, hungarian_match
 from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment, raise_on_unsolved
 from .ops.masked_attention import masked_attention, pack_attention_mask
 from .ops.patch_embed import patch_embed
+from .optimize import optimize, restore
 
 __version__ = "0.1.0"
 
@@ -45,7 +46,9 @@ __all__ = [
     "linear_sum_assignment",
     "raise_on_unsolved",
     "masked_attention",
+    "optimize",
     "pack_attention_mask",
     "patch_embed",
+    "restore",
     "__version__",
 ]
