@@ -46,19 +46,21 @@ def run_counting(fn):
     return out, counter.calls
 
 
-def assert_same(got, want, path="output", int_tol=0, image_tol=0):
-    """Same structure; floats and tensors within float32 tolerance, strings and ints identical
-    (ints within `int_tol`, images' pixel values within `image_tol`, where the test says why)."""
+def assert_same(got, want, path="output", int_tol=0, image_tol=0, tensor_tol=None):
+    """Same structure; floats and tensors within float32 tolerance (tensors within `tensor_tol`
+    where given), strings and ints identical (ints within `int_tol`, images' pixel values within
+    `image_tol`, where the test says why)."""
     from PIL import Image
 
+    tol = dict(int_tol=int_tol, image_tol=image_tol, tensor_tol=tensor_tol)
     if isinstance(want, dict):
         assert isinstance(got, dict) and got.keys() == want.keys(), f"{path}: keys {list(got)} != {list(want)}"
         for k in want:
-            assert_same(got[k], want[k], f"{path}[{k!r}]", int_tol, image_tol)
+            assert_same(got[k], want[k], f"{path}[{k!r}]", **tol)
     elif isinstance(want, (list, tuple)):
         assert len(got) == len(want), f"{path}: {len(got)} items != {len(want)}"
         for i, (g, w) in enumerate(zip(got, want)):
-            assert_same(g, w, f"{path}[{i}]", int_tol, image_tol)
+            assert_same(g, w, f"{path}[{i}]", **tol)
     elif isinstance(want, (float, np.floating)):
         assert got == pytest.approx(want, rel=SCORE["rtol"], abs=SCORE["atol"]), f"{path}: {got} != {want}"
     elif isinstance(want, (bool, str, type(None))):
@@ -70,7 +72,7 @@ def assert_same(got, want, path="output", int_tol=0, image_tol=0):
         assert g.shape == w.shape and np.abs(g - w).max() <= image_tol, f"{path}: images differ by {np.abs(g - w).max()}"
     else:
         g, w = torch.as_tensor(got), torch.as_tensor(want)
-        assert_close_scaled(g, w, msg=lambda m: f"{path}: {m}", **SCORE)
+        assert_close_scaled(g, w, msg=lambda m: f"{path}: {m}", **(tensor_tol or SCORE))
 
 
 def check_pipeline(pipe, run, expect_ops, **tol):
@@ -345,3 +347,215 @@ def test_summarization_and_translation(saved, task):
         return dict(ids=ids.tolist(), text=tok.batch_decode(ids, skip_special_tokens=True))
 
     check_model(model, run, ["attention"])
+
+
+# ---- losses on our matchers and CTC, forward and backward ----------------------------------------
+# Parameter gradients: a weight's gradient sums many float32 terms that cancel (Wav2Vec2's lm_head
+# over ~700 frames of softmax - posterior), so its rounding is relative to the largest terms, not
+# to the result: measured against float64 here, HF's lm_head gradient is 2e-4 of its largest
+# element off, ours 4e-4. A wrong gradient is off by its own size.
+GRAD = dict(rtol=1e-3, atol=2e-3)
+
+
+def loss_and_backward(model, batch, seed=None):
+    """run() for check_model: the loss (a float) and the gradients of the parameters (training mode)."""
+    model.train()
+
+    def run():
+        if seed is not None:  # Mask2Former's matcher and loss sample points at random
+            torch.manual_seed(seed)
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return dict(loss=loss.item(), grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    return run
+
+
+def test_detr_loss_uses_our_matcher(saved):
+    model = transformers.DetrForObjectDetection.from_pretrained(saved["detr"])
+    labels = [dict(class_labels=torch.tensor([0, 2]), boxes=torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.3, 0.2]])),
+              dict(class_labels=torch.tensor([1]), boxes=torch.tensor([[0.5, 0.5, 0.4, 0.4]]))]
+    batch = dict(pixel_values=torch.randn(2, 3, 64, 80), labels=labels)
+    check_model(model, loss_and_backward(model, batch), ["batched_linear_sum_assignment", "attention_backward"],
+                tensor_tol=GRAD)
+
+
+def test_mask2former_loss_uses_our_matcher(saved):
+    model = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(saved["mask2former"])
+    batch = dict(pixel_values=torch.randn(2, 3, 64, 64),
+                 mask_labels=[(torch.rand(2, 64, 64) > 0.5).float(), (torch.rand(1, 64, 64) > 0.5).float()],
+                 class_labels=[torch.tensor([0, 2]), torch.tensor([1])])
+    check_model(model, loss_and_backward(model, batch, seed=1),
+                ["batched_linear_sum_assignment", "masked_attention_backward"], tensor_tol=GRAD)
+
+
+def test_ctc_loss_on_our_op(saved):
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(saved["asr"], attention_dropout=0.0, hidden_dropout=0.0,
+                                                        activation_dropout=0.0, final_dropout=0.0)
+    labels = torch.randint(5, 32, (2, 9))
+    labels[1, 6:] = -100  # padded transcript
+    mask = torch.ones(2, 4000, dtype=torch.long)
+    mask[1, 3000:] = 0
+    batch = dict(input_values=torch.randn(2, 4000) * mask, attention_mask=mask, labels=labels)
+    check_model(model, loss_and_backward(model, batch), ["ctc_nll", "attention_backward"], tensor_tol=GRAD)
+
+
+def test_trainer_steps_give_the_same_losses(saved, tmp_path):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    rng = torch.Generator().manual_seed(0)
+    data = [dict(input_values=torch.randn(4000, generator=rng), attention_mask=torch.ones(4000, dtype=torch.long),
+                 labels=torch.randint(5, 32, (8,), generator=rng)) for _ in range(6)]
+
+    def train(optimized):
+        # Attention dropout off: ours draws its mask from another generator than SDPA's (same
+        # distribution, other draws); the other dropouts draw the same numbers in both runs.
+        model = transformers.Wav2Vec2ForCTC.from_pretrained(saved["asr"], attention_dropout=0.0)
+        if optimized:
+            taskkernels.optimize(model)
+        args = transformers.TrainingArguments(output_dir=str(tmp_path / f"run{int(optimized)}"), max_steps=3,
+                                              per_device_train_batch_size=2, learning_rate=1e-3, logging_steps=1,
+                                              report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                                              disable_tqdm=True)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+        _, calls = run_counting(trainer.train)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return torch.tensor(losses), calls
+
+    want, plain_calls = train(False)
+    got, calls = train(True)
+    assert len(want) == 3 and not plain_calls
+    assert calls["ctc_nll"] and calls["attention_backward"], dict(calls)
+    # (Not the weights after the steps: Adam moves a weight whose gradient is rounding noise around
+    # zero, e.g. attention's key bias, by +-lr whatever the noise's size, so they differ by 2 lr there.)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ---- the report, ops=, restore, save_pretrained, copies, dtypes, torch.compile -------------------
+def test_report_names_every_swap_and_ops_picks_a_subset(saved):
+    model = transformers.ViTForImageClassification.from_pretrained(saved["vit"]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    report = taskkernels.optimize(model)
+    assert report.by_op == {"attention": 2, "patch_embed": 1}, str(report)
+    text = str(report)
+    assert "ViTForImageClassification" in text and "ViTEmbeddings" in text and "ViTAttention" in text
+    assert taskkernels.optimize(model, ops=["patch_embed"]).by_op == {"patch_embed": 1}  # replaces the first call
+    _, calls = run_counting(lambda: model(x))
+    assert set(calls) == {"patch_embed"}
+    taskkernels.restore(model)
+    _, calls = run_counting(lambda: model(x))
+    assert not calls
+    with pytest.raises(ValueError, match="unknown ops.*'flash'"):
+        taskkernels.optimize(model, ops=["flash"])
+
+
+def test_uncovered_model_gets_a_clear_report():
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    model = transformers.ResNetForImageClassification(config).eval()
+    x = torch.randn(1, 3, 32, 32)
+    want = model(x).logits
+    with pytest.warns(UserWarning, match="nothing swapped: ResNetForImageClassification"):
+        report = taskkernels.optimize(model)
+    assert not report.swapped and report.family is None
+    assert "not one of the families taskkernels covers" in str(report)
+    torch.testing.assert_close(model(x).logits, want, rtol=0, atol=0)
+    # a covered family with none of the chosen ops in it: the same kind of report
+    convnext = transformers.ConvNextForImageClassification(transformers.ConvNextConfig(hidden_sizes=[8, 8, 8, 8],
+                                                                                      depths=[1, 1, 1, 1]))
+    with pytest.warns(UserWarning, match="nothing swapped: ConvNextForImageClassification; ops tried: attention"):
+        taskkernels.optimize(convnext, ops=["attention"])
+
+
+def test_save_pretrained_and_copies_of_an_optimized_model(saved, tmp_path):
+    model = transformers.BertForSequenceClassification.from_pretrained(saved["bert-cls"]).eval()
+    params = {name: p for name, p in model.named_parameters()}
+    batch = dict(input_ids=torch.randint(5, 40, (2, 7)), attention_mask=torch.tensor([[1] * 7, [1] * 4 + [0] * 3]))
+    want = model(**batch).logits
+    taskkernels.optimize(model)
+    assert all(p is params[name] for name, p in model.named_parameters())  # the same tensors: optimizers still hold them
+    model.save_pretrained(tmp_path)
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    assert "taskkernels" not in json.dumps(saved_config)
+    reloaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(reloaded(**batch).logits, want, rtol=0, atol=0)
+    twin = copy.deepcopy(model)  # a copy carries its own undo steps
+    taskkernels.restore(twin)
+    assert twin.config._attn_implementation == "sdpa" and model.config._attn_implementation == "taskkernels"
+    got, calls = run_counting(lambda: model(**batch).logits)
+    assert calls["attention"] == 2
+    assert_close_scaled(got, want, **SCORE)
+    _, calls = run_counting(lambda: twin(**batch).logits)
+    assert not calls
+    taskkernels.restore(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vision_models_in_each_dtype(saved, dtype):
+    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    for name, cls in (("vit", transformers.ViTForImageClassification),
+                      ("convnext", transformers.ConvNextForImageClassification)):
+        model = cls.from_pretrained(saved[name], dtype=dtype).eval()
+        with torch.no_grad():
+            want = model(x).logits
+            taskkernels.optimize(model)
+            got, calls = run_counting(lambda: model(x).logits)
+        assert got.dtype == dtype and calls, name
+        # bfloat16: 8 mantissa bits, and both sides round each layer's sums in another order
+        tol = SCORE if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+        assert_close_scaled(got, want, msg=lambda m: f"{name}: {m}", **tol)
+
+
+def test_optimize_before_torch_compile(saved):
+    model = transformers.BertForSequenceClassification.from_pretrained(saved["bert-cls"]).eval()
+    batch = dict(input_ids=torch.randint(5, 40, (2, 7)), attention_mask=torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+    with torch.no_grad():
+        want = model(**batch).logits
+        taskkernels.optimize(model)
+        targets = []
+
+        def backend(gm, example_inputs):  # records what the graph calls, runs it as it is
+            targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return gm.forward
+
+        got = torch.compile(model, backend=backend)(**batch).logits
+    assert "taskkernels.attention" in targets  # in the graph, not a graph break around it
+    assert_close_scaled(got, want, **SCORE)
+    taskkernels.restore(model)
+
+
+# ---- what the kernel lacks: the model's own attention, with a warning ----------------------------
+def gemma2(softcap):
+    config = transformers.Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                                       attn_logit_softcapping=softcap, max_position_embeddings=64)
+    return transformers.Gemma2ForCausalLM._from_config(config, attn_implementation="eager")
+
+
+def mistral():
+    config = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, sliding_window=4,
+                                        max_position_embeddings=64)
+    return transformers.MistralForCausalLM(config)
+
+
+@pytest.mark.parametrize("make, feature, ours", [
+    (lambda: gemma2(50.0), "softcap", 0),             # every layer soft-caps: all eager, as before
+    (lambda: gemma2(None), "sliding_window", 1),      # the sliding layer falls back, the global one is ours
+    (mistral, "sliding_window", 0),                   # SDPA before: SDPA where the window applies
+])
+def test_attention_features_we_lack_fall_back_with_a_warning(make, feature, ours):
+    model = make().eval()
+    ids = torch.randint(0, 64, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+        report = taskkernels.optimize(model)
+        assert report.count("attention") == 2
+        with pytest.warns(UserWarning, match=f"{feature} is not supported; running transformers'"):
+            got, calls = run_counting(lambda: model(input_ids=ids, attention_mask=mask).logits)
+    assert calls["attention"] == ours
+    valid = mask.bool()  # padded positions' outputs are not defined by either side
+    assert_close_scaled(got[valid], want[valid], **SCORE)
+    taskkernels.restore(model)
