@@ -16,6 +16,7 @@ from .ops.hungarian_match import hungarian_cost, hungarian_match
 from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum_assignment, raise_on_unsolved
 from .ops.masked_attention import masked_attention, pack_attention_mask
 from .ops.patch_embed import patch_embed
+from .ops.sdpa import scaled_dot_product_attention
 from .optimize import optimize, restore
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "optimize",
     "pack_attention_mask",
     "patch_embed",
+    "scaled_dot_product_attention",
     "restore",
     "__version__",
 ]
