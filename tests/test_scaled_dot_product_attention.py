@@ -259,3 +259,36 @@ def test_value_length_must_match_key():
     q, k, v = _qkv()
     with pytest.raises(RuntimeError, match="key and value must have the same length S"):
         taskkernels.scaled_dot_product_attention(q, k, v[:, :, :6])
+
+
+def test_hf_grouped_query_model_reads_shared_heads(monkeypatch):
+    """An HF model with grouped-query attention (Llama, 4 query heads on 2 key/value heads) on
+    taskkernels attention: the kernel gets the 2 key/value heads as they are, and the logits and
+    gradients are those of the model on transformers' SDPA."""
+    import transformers
+
+    from taskkernels.models import hf_attention
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 11))
+    model.set_attn_implementation("sdpa")
+    want = model(ids).logits
+    want_grads = torch.autograd.grad(want.square().sum(), list(model.parameters()))
+    heads = []
+    real = hf_attention.attention
+
+    def spy(q, k, v, **kw):
+        heads.append((q.shape[1], k.shape[1]))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(hf_attention, "attention", spy)
+    hf_attention.use_taskkernels_attention(model)
+    got = model(ids).logits
+    got_grads = torch.autograd.grad(got.square().sum(), list(model.parameters()))
+    assert heads and all(h == (4, 2) for h in heads)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))

@@ -122,9 +122,8 @@ def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     reason = unsupported(module, query, key, attention_mask, is_causal, kwargs)
     if reason is not None:
         raise NotImplementedError(f"taskkernels attention: {reason}")
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # Grouped-query attention (key/value with H / num_key_value_groups heads): the kernels read the
+    # shared heads in place, no repeat_interleave copy.
     B, _, Nq, _ = query.shape
     Nk = key.shape[2]
     if is_causal is None:  # transformers' SDPA rule
