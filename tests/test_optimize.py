@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import taskkernels
-from conftest import assert_close_scaled
+from conftest import assert_close_scaled, requires_cuda
 
 transformers = pytest.importorskip("transformers", reason="transformers is needed for the HF models")
 from transformers import pipeline  # noqa: E402
@@ -490,6 +490,30 @@ def test_save_pretrained_and_copies_of_an_optimized_model(saved, tmp_path):
     taskkernels.restore(model)
 
 
+def test_pickled_optimized_model_stays_optimized(saved, tmp_path):
+    model = transformers.ViTForImageClassification.from_pretrained(saved["vit"]).eval()
+    taskkernels.optimize(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.randn(1, 3, 32, 32)
+    (want, _), (got, calls) = run_counting(lambda: model(x).logits), run_counting(lambda: loaded(x).logits)
+    assert calls["patch_embed"] == 1 and calls["attention"] == 2
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    taskkernels.restore(loaded)
+    _, calls = run_counting(lambda: loaded(x).logits)
+    assert not calls
+
+
+def test_devices_without_our_kernels_run_the_original_code(saved):
+    """Meta tensors stand in for a device we have no kernel for (MPS, XPU, ...)."""
+    model = transformers.ViTForImageClassification.from_pretrained(saved["vit"]).eval()
+    taskkernels.optimize(model)
+    model.to("meta")
+    with pytest.warns(UserWarning, match="no kernel for meta tensors"):
+        out, calls = run_counting(lambda: model(torch.randn(2, 3, 32, 32, device="meta")).logits)
+    assert out.shape == (2, 3) and not calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vision_models_in_each_dtype(saved, dtype):
     x = torch.randn(2, 3, 32, 32, dtype=dtype)
@@ -522,6 +546,31 @@ def test_optimize_before_torch_compile(saved):
     assert "taskkernels.attention" in targets  # in the graph, not a graph break around it
     assert_close_scaled(got, want, **SCORE)
     taskkernels.restore(model)
+
+
+@requires_cuda
+def test_optimized_models_on_cuda(saved):
+    """The CUDA kernels under optimize: ViT (patch_embed, attention), ConvNeXt (the fused
+    depthwise + LayerNorm front, CUDA's choice), BERT with padding."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would round each side differently (conftest)
+    try:
+        pixels = dict(pixel_values=torch.randn(2, 3, 32, 32, device="cuda"))
+        text = dict(input_ids=torch.randint(5, 40, (2, 7), device="cuda"),
+                    attention_mask=torch.tensor([[1] * 7, [1] * 4 + [0] * 3], device="cuda"))
+        for name, cls, batch, ops in (
+                ("vit", transformers.ViTForImageClassification, pixels, {"attention", "patch_embed"}),
+                ("convnext", transformers.ConvNextForImageClassification, pixels, {"depthwise_conv2d_layernorm"}),
+                ("bert-cls", transformers.BertForSequenceClassification, text, {"attention"})):
+            model = cls.from_pretrained(saved[name]).to("cuda").eval()
+            with torch.no_grad():
+                want = model(**batch).logits
+                taskkernels.optimize(model)
+                got, calls = run_counting(lambda: model(**batch).logits)
+            assert ops <= set(calls), f"{name}: ran {dict(calls)}"
+            assert_close_scaled(got, want, msg=lambda m: f"{name}: {m}", **SCORE)
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 # ---- what the kernel lacks: the model's own attention, with a warning ----------------------------

@@ -18,7 +18,7 @@ the call keep working. What moves onto taskkernels (``ops=`` names):
 - ``"matcher"``: DETR's and Mask2Former's Hungarian matchers on one batched solve.
 - ``"ctc_loss"``: Wav2Vec2ForCTC's loss on :func:`taskkernels.ctc_loss_from_logits`.
 
-Modules keep their class: their ``forward`` is bound per instance (as Liger-Kernel does), and
+Modules keep their class: their ``forward`` is replaced per instance (as Liger-Kernel does), and
 falls back to the class's own forward, per call, where an input is outside what our op covers.
 Loss hooks go through ``model.loss_function``; matchers are swapped as modules. Call it before
 ``torch.compile`` and before wrapping the model (DDP, FSDP): it patches modules, not graphs.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import types
 import warnings
 from dataclasses import dataclass, field
 
@@ -132,10 +131,11 @@ def _ours(*tensors: Tensor) -> bool:
 
 
 def _bind(state: _State, module: nn.Module, fn) -> str | None:
-    """Binds `fn` as module.forward (instance attribute). Returns why not, or None."""
+    """Binds `fn` as module.forward (an instance attribute; a partial, which deep-copies and pickles
+    with the module). Returns why not, or None."""
     if "forward" in module.__dict__:
         return "its forward is already replaced on the instance (accelerate hooks or another patch)"
-    module.forward = types.MethodType(fn, module)
+    module.forward = functools.partial(fn, module)
     state.pop(module, "forward")
     return None
 
@@ -331,6 +331,10 @@ def ctc_loss_function(logits, labels, logit_lengths, blank_token_id, reduction="
     log_softmax and CTC in one op, the targets kept padded (no flattening, no host sync)."""
     from .ops.ctc_loss import ctc_loss_from_logits
 
+    if not _ours(logits):
+        from transformers.loss.loss_ctc import ForCTCLoss
+
+        return ForCTCLoss(logits, labels, logit_lengths, blank_token_id, reduction, zero_infinity, ignore_index, **kwargs)
     labels = labels.to(logits.device)
     valid = (labels != ignore_index) & (labels != blank_token_id)
     # Valid labels first, in order (HF flattens them with masked_select); the rest lies past each length.
@@ -338,6 +342,34 @@ def ctc_loss_function(logits, labels, logit_lengths, blank_token_id, reduction="
     targets = torch.gather(labels, 1, order).clamp(min=0)
     return ctc_loss_from_logits(logits, targets, logit_lengths, valid.sum(-1), blank=blank_token_id, reduction=reduction,
                                 zero_infinity=zero_infinity)
+
+
+def detr_loss_function(logits, labels, device, pred_boxes, config, *args, **kwargs):
+    """transformers' ``ForObjectDetectionLoss`` (same arguments and result) with the matcher on
+    :func:`taskkernels.hungarian_match` (:func:`taskkernels.models.detr.detr_loss`)."""
+    if not _ours(logits):
+        from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+
+        return ForObjectDetectionLoss(logits, labels, device, pred_boxes, config, *args, **kwargs)
+    from .models.detr import detr_loss
+
+    return detr_loss(logits, labels, device, pred_boxes, config, *args, **kwargs)
+
+
+class _Mask2FormerMatcher(nn.Module):
+    """:class:`taskkernels.models.Mask2FormerHungarianMatcher` with the original matcher's costs,
+    handing tensors on devices our solver does not run on to the original matcher."""
+
+    def __init__(self, original: nn.Module):
+        from .models.mask2former import Mask2FormerHungarianMatcher
+
+        super().__init__()
+        self.ours = Mask2FormerHungarianMatcher.from_hf(original)
+        self.__dict__["original"] = original  # not a submodule: restore puts it back
+
+    def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
+        matcher = self.ours if _ours(masks_queries_logits) else self.__dict__["original"]
+        return matcher(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
 
 
 def _set_loss_function(state, model, fn):
@@ -378,16 +410,12 @@ def _apply(model: nn.Module, ops: tuple, state: _State, report: OptimizeReport) 
                 report.skipped.append(("attention", f"{name}.self_attn", "Mask2FormerAttention: the decoder layer always "
                                        "asks it for its attention weights, which our kernel never forms"))
         elif "matcher" in ops and _is(m, "mask2former", "Mask2FormerLoss"):
-            from .models.mask2former import Mask2FormerHungarianMatcher
-
             original = m.matcher
-            m.matcher = Mask2FormerHungarianMatcher.from_hf(original)
+            m.matcher = _Mask2FormerMatcher(original)
             state.set(m, "matcher", original)
             report.swapped.append(("matcher", f"{name}.matcher", "Mask2FormerHungarianMatcher: one batched solve"))
     if "matcher" in ops and _is(model, "detr", "DetrForObjectDetection"):
-        from .models.detr import detr_loss
-
-        _set_loss_function(state, model, detr_loss)
+        _set_loss_function(state, model, detr_loss_function)
         report.swapped.append(("matcher", "loss_function", "DETR's loss with the matcher on hungarian_match"))
     if "ctc_loss" in ops and _is(model, "wav2vec2", "Wav2Vec2ForCTC"):
         _set_loss_function(state, model, ctc_loss_function)
