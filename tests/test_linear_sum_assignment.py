@@ -82,8 +82,74 @@ def test_infeasible_and_invalid_are_refused():
         taskkernels.linear_sum_assignment(np.array([[1.0, -np.inf], [2.0, 3.0]]))
     with pytest.raises(ValueError, match="2-D"):
         taskkernels.linear_sum_assignment(np.zeros(5))
-    with pytest.raises(ValueError, match="numerical entries"):
+    with pytest.raises(TypeError, match="Cannot cast array data from dtype\\('<U1'\\)"):
         taskkernels.linear_sum_assignment(np.array([["a", "b"]]))
+
+
+# Every input class scipy documents or meets, accepted or rejected: (name, factory).
+SCIPY_INPUTS = {
+    "list": lambda: [[1, 2, 5], [3, 4, 0]],
+    "tuple": lambda: ((1, 2), (3, 4)),
+    "list of strings of numbers": lambda: [["1", "2.5"], ["3", "4"]],
+    "list of arrays": lambda: [np.array([1, 2]), np.array([3, 4])],
+    "list with None": lambda: [[1, None], [2, 3]],
+    "list of bools": lambda: [[True, False], [False, True]],
+    "int64": lambda: np.array([[1, 2], [3, 4]]),
+    "uint8": lambda: np.array([[1, 2], [3, 4]], np.uint8),
+    "uint64 large": lambda: np.array([[2**64 - 1, 1], [1, 0]], np.uint64),
+    "int64 huge": lambda: np.array([[2**62, 1], [1, 2**62]], np.int64),
+    "bool": lambda: np.array([[True, False], [False, True]]),
+    "float16": lambda: np.array([[1, 2], [3, 4]], np.float16),
+    "float32 fortran": lambda: np.asfortranarray(np.random.default_rng(0).random((4, 3), np.float32)),
+    "matrix": lambda: np.matrix([[1, 2], [3, 4]]),
+    "masked array": lambda: np.ma.array([[1, 2], [3, 4]], mask=[[0, 1], [0, 0]]),
+    "memoryview": lambda: memoryview(np.arange(6.0).reshape(2, 3)),
+    "empty rows": lambda: np.zeros((0, 3)),
+    "empty columns": lambda: np.zeros((3, 0)),
+    "empty nested list": lambda: [[]],
+    "inf allowed": lambda: [[np.inf, 1], [1, 2]],
+    "torch float32": lambda: torch.tensor([[1.0, 2], [3, 4]]),
+    "torch int64": lambda: torch.tensor([[1, 2], [3, 4]]),
+    "torch bool": lambda: torch.tensor([[True, False], [False, True]]),
+    # rejected
+    "1-D": lambda: [1, 2, 3],
+    "3-D": lambda: np.zeros((2, 2, 2)),
+    "0-D": lambda: 5,
+    "empty list": lambda: [],
+    "None": lambda: None,
+    "ragged": lambda: [[1, 2], [3]],
+    "string": lambda: "abc",
+    "list of strings": lambda: [["a", "b"], ["c", "d"]],
+    "list of complex": lambda: [[1j, 2], [3, 4]],
+    "numeric-string array": lambda: np.array([["1", "2"], ["3", "4"]]),
+    "bytes array": lambda: np.array([[b"1", b"2"], [b"3", b"4"]]),
+    "complex array": lambda: np.array([[1, 2], [3, 4]], complex),
+    "1-D complex array": lambda: np.array([1j]),
+    "longdouble array": lambda: np.array([[1, 2], [3, 4]], np.longdouble),
+    "object array of numbers": lambda: np.array([[1, 2], [3, 4]], object),
+    "object array mixed": lambda: np.array([[1, "a"], [3, 4]], object),
+    "datetime64": lambda: np.array([[1, 2], [3, 4]], "datetime64[s]"),
+    "timedelta64": lambda: np.array([[1, 2], [3, 4]], "timedelta64[s]"),
+    "structured": lambda: np.zeros((2, 2), dtype=[("a", "i4")]),
+    "NaN": lambda: [[np.nan, 1], [1, 2]],
+    "minus inf": lambda: [[-np.inf, 1], [1, 2]],
+    "infeasible": lambda: [[np.inf, np.inf], [1, 2]],
+}
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("name", SCIPY_INPUTS)
+def test_scipy_contract_for_every_input_class(name, maximize):
+    """The same results where scipy accepts the input, the same exception type where it refuses."""
+    try:
+        expected = scipy_opt.linear_sum_assignment(SCIPY_INPUTS[name](), maximize=maximize)
+    except Exception as error:  # noqa: BLE001 (the type is what is compared)
+        with pytest.raises(type(error)):
+            taskkernels.linear_sum_assignment(SCIPY_INPUTS[name](), maximize=maximize)
+        return
+    rows, cols = taskkernels.linear_sum_assignment(SCIPY_INPUTS[name](), maximize=maximize)
+    assert rows.dtype == expected[0].dtype and cols.dtype == expected[1].dtype
+    assert np.array_equal(rows, expected[0]) and np.array_equal(cols, expected[1])
 
 
 def test_accepts_non_contiguous_lists_and_tensors():

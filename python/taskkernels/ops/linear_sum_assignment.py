@@ -11,13 +11,41 @@ from .. import _C
 __all__ = ["linear_sum_assignment", "batched_linear_sum_assignment", "raise_on_unsolved"]
 
 
+def _as_float64_matrix(cost_matrix) -> np.ndarray:
+    """scipy's conversion of the cost matrix, with its exceptions: an array (or an object that
+    exposes one: ``__array__``, the array interface, the buffer protocol) is cast to float64 only
+    where numpy's 'safe' rule allows it (TypeError otherwise: complex, long double, strings,
+    objects, dates); anything else (nested lists, scalars) is converted element by element as
+    ``np.asarray(x, dtype=float64)`` converts it (ValueError for a non-numeric string, TypeError
+    for a complex number, NaN for None)."""
+    if isinstance(cost_matrix, torch.Tensor):  # copied to the CPU; half types have no numpy dtype
+        t = cost_matrix.detach().cpu()
+        cost_matrix = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
+    arrayish = isinstance(cost_matrix, np.ndarray) or hasattr(cost_matrix, "__array__") or \
+        hasattr(cost_matrix, "__array_interface__") or isinstance(cost_matrix, memoryview)
+    if not arrayish:
+        try:
+            memoryview(cost_matrix)
+            arrayish = not isinstance(cost_matrix, (bytes, bytearray))
+        except TypeError:
+            pass
+    if not arrayish:
+        return np.asarray(cost_matrix, dtype=np.float64)
+    array = np.asarray(cost_matrix)
+    if not np.can_cast(array.dtype, np.float64, casting="safe"):
+        raise TypeError(f"Cannot cast array data from {array.dtype!r} to dtype('float64') according to the rule 'safe'")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
 def linear_sum_assignment(cost_matrix, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Drop-in for ``scipy.optimize.linear_sum_assignment``.
+    """Drop-in for ``scipy.optimize.linear_sum_assignment``: the same results, and the same
+    exception types for every input scipy rejects.
 
     Args:
-        cost_matrix: (n, m) array-like (numpy array, nested lists, or a torch tensor, which is
-            copied to the CPU) of real numbers, rectangular either way. ``inf`` (``-inf`` when
-            maximizing) forbids a pair.
+        cost_matrix: (n, m) array-like of real numbers, converted as scipy converts it (numpy
+            arrays of any real or bool dtype, nested lists, buffers, ``np.matrix``, and torch
+            tensors, which are copied to the CPU). Rectangular either way. ``inf`` (``-inf``
+            when maximizing) forbids a pair.
         maximize: find the maximum-weight assignment instead.
 
     Returns:
@@ -25,15 +53,13 @@ def linear_sum_assignment(cost_matrix, maximize: bool = False) -> tuple[np.ndarr
         optimal assignment pairs row ``row_ind[k]`` with column ``col_ind[k]``.
 
     Raises:
-        ValueError: not 2-D, non-numeric or invalid entries (NaN, or the wrong-signed inf), or no
-            complete assignment avoids the forbidden pairs ("cost matrix is infeasible").
+        TypeError: an array whose dtype does not cast safely to float64 (complex, long double,
+            strings, objects, dates), or a complex element in a list.
+        ValueError: not 2-D, a non-numeric string in a list, invalid entries (NaN, or the
+            wrong-signed inf), or no complete assignment avoids the forbidden pairs ("cost
+            matrix is infeasible").
     """
-    if isinstance(cost_matrix, torch.Tensor):
-        cost_matrix = cost_matrix.detach().to("cpu", torch.float64).numpy()
-    cost = np.asarray(cost_matrix)
-    if cost.dtype.kind not in "biuf":
-        raise ValueError(f"expected a matrix containing numerical entries, got dtype {cost.dtype}")
-    return _C.linear_sum_assignment(cost, bool(maximize))
+    return _C.linear_sum_assignment(_as_float64_matrix(cost_matrix), bool(maximize))
 
 
 def batched_linear_sum_assignment(
