@@ -17,6 +17,7 @@ import torch
 
 MODES = ("forward", "backward", "forward+backward")
 REFERENCE = "reference"  # the provider every speed-up is measured against
+OURS = "taskkernels"  # the provider the summary speaks for
 
 
 @dataclass
@@ -39,6 +40,65 @@ class Provider:
     name: str
     prepare: Callable[[dict], Prepared]
     unavailable: str | None = None  # why it cannot run here, or None
+    variant: bool = False  # another arrangement of our own ops: timed, but not a peer to beat
+
+
+def role(provider: str, baseline: str, variant: bool) -> str:
+    """What a provider is to the summary: 'ours', 'baseline', 'variant' (of ours) or 'peer'."""
+    if provider == OURS:
+        return "ours"
+    if provider == baseline:
+        return "baseline"
+    return "variant" if variant else "peer"
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How long each measurement (one provider, one case, one mode) runs. Providers take turns for
+    `rounds` rounds; each round makes `warmup` untimed calls (`rewarm` after the first round), then
+    at least `min_repeats` and at most `max_repeats` timed ones, stopping once budget_s / rounds has
+    passed. `input_sets` sets of inputs are used in turn."""
+
+    rounds: int
+    input_sets: int
+    warmup: int
+    rewarm: int
+    min_repeats: int
+    max_repeats: int
+    budget_s: float
+
+
+def effort(device: torch.device, quick: bool, headline: bool, budget_s: float | None) -> Effort:
+    """--quick: a few calls (checks the harness, not speed). The full suite: 1 s per measurement,
+    at least 12 calls on the CPU (60 on a GPU). The headline set: 0.6 s per measurement on the CPU,
+    at least one call per round and one warm-up in the first round only, so that its slowest case
+    (a whole model's training step, up to ~3 s there) costs ~5 calls per provider; on a GPU 0.5 s,
+    at least 9 calls."""
+    if quick:
+        return Effort(1, 1, 1, 1, 3, 5, 0.05 if budget_s is None else budget_s)
+    cpu = device.type == "cpu"
+    if headline:
+        return Effort(3, 3, 1 if cpu else 3, 0 if cpu else 1, 1 if cpu else 3, 50 if cpu else 1000,
+                      (0.6 if cpu else 0.5) if budget_s is None else budget_s)
+    return Effort(3, 3, 2 if cpu else 10, 2 if cpu else 10, 4 if cpu else 20, 50 if cpu else 1000,
+                  1.0 if budget_s is None else budget_s)
+
+
+def headline_mode(modes) -> str:
+    """The one mode a headline measures: forward+backward, or forward for inference-only ops."""
+    return "forward+backward" if "forward+backward" in modes else "forward"
+
+
+def ratio_quantiles(num_ms: list, den_ms: list, qs=(0.2, 0.8)) -> list[float]:
+    """Quantiles of num / den over every pair of one call from each (e.g. the reference's time over
+    ours: the spread of the speed-up). Long sample lists are first thinned to 201 of their own
+    quantiles, so a GPU run's thousands of calls stay cheap."""
+    def thin(xs):
+        t = torch.tensor(xs, dtype=torch.float64)
+        return torch.quantile(t, torch.linspace(0, 1, 201, dtype=torch.float64)) if len(xs) > 201 else t
+
+    ratios = (thin(num_ms)[:, None] / thin(den_ms)[None, :]).flatten()
+    return [float(torch.quantile(ratios, q)) for q in qs]
 
 
 @dataclass
@@ -97,24 +157,25 @@ def _step(prepared: Prepared, mode: str, grad: torch.Tensor | None, graph=None):
 
 def time_mode(
     prepared_sets: list[Prepared], mode: str, device: torch.device, min_repeats: int, max_repeats: int,
-    budget_s: float, warmup: int,
+    budget_s: float, warmup: int, grads: list | None = None, first: int = 0,
 ) -> Timing:
     """Times `mode` over several input sets used in turn (so caches do not flatter anyone).
-    CUDA: events around each call on the current stream; CPU: a monotonic clock."""
+    CUDA: events around each call on the current stream; CPU: a monotonic clock. `grads` holds the
+    output gradients of each set for the backward modes: pass the same list to every round of a
+    measurement (an empty one is filled on the first) so that rounds do not pay extra forwards.
+    `first`: the input set to start with (give each round another, in case it times only one)."""
     cuda = device.type == "cuda"
-    graphs, grads = [], []
-    for p in prepared_sets:
-        if mode == "forward":
-            graphs.append(None)
-            grads.append(None)
-        else:
-            out = p.forward()
-            graphs.append(out if mode == "backward" else None)
-            grads.append(torch.randn_like(out))
+    graphs = [p.forward() if mode == "backward" else None for p in prepared_sets]
+    grads = [] if grads is None else grads
+    if mode != "forward" and not grads:
+        outs = graphs if mode == "backward" else [p.forward() for p in prepared_sets]
+        grads.extend(torch.randn_like(out) for out in outs)
+        del outs
     n = len(prepared_sets)
 
     def run(i):
-        return _step(prepared_sets[i % n], mode, grads[i % n], graphs[i % n])
+        k = (first + i) % n
+        return _step(prepared_sets[k], mode, grads[k] if grads else None, graphs[k])
 
     for i in range(warmup):
         run(i)

@@ -1,7 +1,9 @@
 """Plots of benchmark results: speed-up over the PyTorch reference per case, dtype and mode, for
-the newest run of one device type in an op's results file.
+the newest run of one device type in an op's results file; and the summary of a whole run, one
+bar per op or model case.
 
     python -m benchmarks.plot benchmarks/results/patch_embed.json [--device cuda]
+    python -m benchmarks.plot benchmarks/results/summary.json --device cpu
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import json
 from pathlib import Path
 
 from .harness import MODES, REFERENCE
+from .summary import SHORT
 
 
-def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
-    """Draws the newest non-quick run of every case (no --cases filter) for device_type, or else
-    the newest at all. Returns the path, or None when matplotlib is missing or there is nothing
-    to draw."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -24,10 +24,21 @@ def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    return plt
+
+
+def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
+    """Draws the newest full run (every case: not --quick, no --cases filter, not the headline set)
+    for device_type, or else the newest at all. Returns the path, or None when matplotlib is
+    missing or there is nothing to draw."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     runs = [r for r in history["runs"] if r["device_type"] == device_type]
     if not runs:
         return None
-    run = next((r for r in reversed(runs) if not r.get("quick") and not r.get("cases")), runs[-1])
+    run = next((r for r in reversed(runs) if not r.get("quick") and not r.get("cases") and not r.get("headline")),
+               runs[-1])
     baseline = next((r.get("baseline", REFERENCE) for r in run["rows"]), REFERENCE)
     rows = [r for r in run["rows"] if r.get("speedup_vs_reference") and r["provider"] != baseline]
     if not rows:
@@ -61,13 +72,61 @@ def plot_op(history: dict, device_type: str, path: Path) -> Path | None:
     return path
 
 
+def plot_summary(run: dict, path: Path) -> Path | None:
+    """One bar per summary row: our speed-up over the reference (log scale, q20-q80 whisker, the
+    1.0x line), and a marker for our speed-up over the best peer where there is one. `run` is one
+    entry of summary.json (meta and its summary rows). Returns the path, or None when matplotlib
+    is missing or no row has a speed-up."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    rows = [s for s in run["summary"] if s["speedup"]]
+    if not rows:
+        return None
+    rows = rows[::-1]  # barh draws bottom-up: keep the run's order top-down
+    ys = range(len(rows))
+    values = [s["speedup"] for s in rows]
+    lo = [s["speedup"] - (s["speedup_q20"] or s["speedup"]) for s in rows]
+    hi = [(s["speedup_q80"] or s["speedup"]) - s["speedup"] for s in rows]
+    fig, ax = plt.subplots(figsize=(13, 1.8 + 0.36 * len(rows)))
+    right = max(2.0, max(values) * 3)
+    # Bars start at 1.0x: to the right where we are faster, to the left where we are slower.
+    ax.barh(ys, [v - 1 for v in values], left=1, color=["tab:green" if v >= 1 else "tab:red" for v in values],
+            alpha=0.8, xerr=[lo, hi], error_kw=dict(lw=0.8, capsize=2), label="over the reference (q20-q80 whisker)")
+    for y, v, s in zip(ys, values, rows):
+        ax.text(min(max(v, s["speedup_q80"] or v, 1) * 1.06, right / 1.25), y, f"{v:.2f}x", va="center", fontsize=7)
+    peer = [(y, s["speedup_vs_peer"]) for y, s in zip(ys, rows) if s.get("speedup_vs_peer")]
+    if peer:
+        ax.scatter([p[1] for p in peer], [p[0] for p in peer], marker="D", s=18, color="k", zorder=3,
+                   label="over the best peer")
+    ax.axvline(1.0, color="k", lw=0.9, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.5, min(values) / 1.5), right)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([f"{s['op']}: {s['case']} ({s['dtype']}, {SHORT[s['mode']]})" for s in rows], fontsize=7)
+    ax.set_xlabel("speed-up of taskkernels (time of the other / ours; > 1 is faster, log scale)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.9 / (1.8 + 0.36 * len(rows))), ncol=2)
+    ax.set_title(f"taskkernels | {run['device']}\ntorch {run['torch']} | {run['git_commit']} | {run['date'][:10]}",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args(argv)
     history = json.loads(args.results.read_text())
-    out = plot_op(history, args.device, args.results.with_name(f"{history['op']}-{args.device}.png"))
+    path = args.results.with_name(f"{history['op']}-{args.device}.png")
+    if history["op"] == "summary":
+        runs = [r for r in history["runs"] if r["device_type"] == args.device]
+        out = plot_summary(runs[-1], path) if runs else None
+    else:
+        out = plot_op(history, args.device, path)
     print(out or "nothing to plot")
 
 

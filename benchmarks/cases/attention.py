@@ -32,6 +32,7 @@ CPU_CASES = {
     "BART cross 128x1024 b4": (4, 16, 128, 1024, 64, False, False),
 }
 QUICK_CASES = {"tiny": (2, 2, 33, 40, 32, True, True)}
+HEADLINE = {"cuda": ["BERT-base 512 padded"], "cpu": ["BERT-base 512 padded b8"]}
 
 
 def _inputs(B, H, Nq, Nk, D, causal, padded, dtype, device):

@@ -20,6 +20,8 @@ GPU_CASES = {f"{name} {fmt} batch {b}": (b, c, s, fmt) for b in (64, 1) for fmt 
              for name, (c, s) in _STAGES.items()}
 CPU_CASES = {f"{name} {fmt} batch 8": (8, c, s, fmt) for fmt in ("NCHW", "NHWC") for name, (c, s) in _STAGES.items()}
 QUICK_CASES = {"tiny (8, 9²) NHWC batch 2": (2, 8, 9, "NHWC")}
+# ConvNeXt's first stage in HF's layout (NCHW)
+HEADLINE = {"cuda": ["stage 1 (96, 56²) NCHW batch 64"], "cpu": ["stage 1 (96, 56²) NCHW batch 8"]}
 
 
 def _inputs(B, C, S, fmt, dtype, device):

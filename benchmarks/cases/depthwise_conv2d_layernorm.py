@@ -13,6 +13,7 @@ from taskkernels import reference
 
 from ..harness import REFERENCE, Case, Prepared, Provider, pick_cases
 from .depthwise_conv2d import CPU_CASES, GPU_CASES, QUICK_CASES, tensor_bytes
+from .depthwise_conv2d import HEADLINE as HEADLINE  # the same stage and layout
 
 
 def _inputs(B, C, S, fmt, dtype, device):
@@ -46,6 +47,6 @@ def _functional(fn):
 def providers(device: torch.device) -> list[Provider]:
     return [
         Provider("taskkernels", _functional(taskkernels.depthwise_conv2d_layernorm)),
-        Provider("tk dwconv + F.layer_norm", _functional(_unfused_ours)),
+        Provider("tk dwconv + F.layer_norm", _functional(_unfused_ours), variant=True),
         Provider(REFERENCE, _functional(reference.depthwise_conv2d_layernorm)),
     ]

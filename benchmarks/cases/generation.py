@@ -26,6 +26,7 @@ CPU_CASES = {
     "BART 2+2 x 256 wide, 32 new tokens from 256, batch 4, 4 beams": ("bart", 4, 256, 32, 256, 2, 4, 4),
 }
 QUICK_CASES = {"tiny GPT-2, 4 new tokens": ("gpt2", 2, 4, 4, 32, 1, 2, 1)}
+HEADLINE = {"cuda": ["GPT-2 124M, 256 new tokens, batch 1"], "cpu": ["GPT-2 4 x 256 wide, 64 new tokens, batch 1"]}
 
 
 def _inputs(kind, B, prompt, new, hidden, layers, heads, beams, dtype, device):

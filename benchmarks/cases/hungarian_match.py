@@ -20,6 +20,7 @@ GPU_CASES = {
 }
 CPU_CASES = {"DETR batch 2": (2, 100, 91, 30), "DETR batch 16": (16, 100, 91, 30), "DETR batch 64": (64, 100, 91, 30)}
 QUICK_CASES = {"tiny": (2, 10, 5, 3)}
+HEADLINE = {"cuda": ["DETR batch 16"], "cpu": ["DETR batch 16"]}
 
 
 def _inputs(B, N, C, max_targets, device):

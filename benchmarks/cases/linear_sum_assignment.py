@@ -25,6 +25,7 @@ CPU_CASES = {
     "300 x 300": (1, 300, 300, False),
 }
 QUICK_CASES = {"tiny 10 x 1..5, batch 4": (4, 10, 5, True)}
+HEADLINE = {"cuda": ["DETR 100 x 1..50, batch 64"], "cpu": ["DETR 100 x 1..50, batch 64"]}
 
 
 def _inputs(B, N, M, ragged, dtype, device):
@@ -52,6 +53,6 @@ def providers(device: torch.device) -> list[Provider]:
     return [
         Provider("taskkernels", lambda inp: Prepared(
             lambda: taskkernels.batched_linear_sum_assignment(inp["cost"], inp["num_targets"]), [])),
-        Provider("taskkernels per image", _per_image(taskkernels.linear_sum_assignment)),
+        Provider("taskkernels per image", _per_image(taskkernels.linear_sum_assignment), variant=True),
         Provider(BASELINE, _per_image(scipy_lsa), unavailable=None if scipy_lsa else "scipy is not installed"),
     ]

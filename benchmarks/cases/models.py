@@ -43,6 +43,7 @@ CPU_CASES = {
     "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
+HEADLINE = {"cuda": list(GPU_CASES), "cpu": list(CPU_CASES)}  # one case per model family already
 
 
 def _pair(kind, size, hidden, layers, heads, dtype, device):

@@ -21,6 +21,8 @@ CPU_CASES = {
     "ViT-B/16 224px batch 1": (1, 224, 16, 768),
 }
 QUICK_CASES = {"tiny 32px batch 2": (2, 32, 8, 16)}
+# The case `python -m benchmarks.run` times without --all (its first dtype, forward+backward).
+HEADLINE = {"cuda": ["ViT-B/16 224px batch 64"], "cpu": ["ViT-B/16 224px batch 8"]}
 
 
 def _inputs(batch, image, patch, hidden, dtype, device):
