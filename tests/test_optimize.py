@@ -6,7 +6,9 @@ fallbacks, and models we do not cover."""
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded; fail at once if asked
+# Nothing may be downloaded: fail at once if anything asks (effective when huggingface_hub is
+# first imported here; everything below loads from local directories anyway).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import collections
 import copy
