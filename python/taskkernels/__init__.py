@@ -32,6 +32,10 @@ from . import _cuda as _cuda_setup  # noqa: E402
 
 _cuda_setup.setup()
 
+from . import distributed  # noqa: E402
+
+distributed.register_sharding_strategies()  # DTensor sharding of every op (when torch.distributed is built)
+
 __all__ = [
     "attention",
     "attention_with_lse",

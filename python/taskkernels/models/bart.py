@@ -62,7 +62,7 @@ class BartAttention(nn.Module):
                 cache: KVCache | None = None, cross_cache: list | None = None, layer: int = 0) -> Tensor:
         """Self-attention (kv None; the cache grows by x's tokens) or cross-attention over kv (its
         keys and values computed once and kept in cross_cache[layer])."""
-        B, T, E = x.shape
+        B, T, _ = x.shape
         q = self._split(self.q_proj(x))
         if kv is None:
             k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
@@ -76,7 +76,7 @@ class BartAttention(nn.Module):
                 cross_cache[layer] = (k, v)
         out = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
                         dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, E))
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class _FeedForward(nn.Module):

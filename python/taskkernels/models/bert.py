@@ -57,13 +57,14 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        B, N, E = x.shape
+        B, N, _ = x.shape
         # (B, N, H, D) projections viewed as (B, H, N, D): attention takes the strides as they are.
-        q, k, v = (proj(x).view(B, N, self.heads, E // self.heads).transpose(1, 2)
+        # The head size comes from the projection (under tensor parallelism it holds this rank's heads).
+        q, k, v = (proj(x).view(B, N, self.heads, -1).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
         out = attention(q, k, v, key_padding_mask=key_padding_mask,
                         dropout_p=self.dropout_p if self.training else 0.0)
-        return out.transpose(1, 2).reshape(B, N, E)
+        return out.transpose(1, 2).reshape(B, N, -1)
 
 
 class _Residual(nn.Module):

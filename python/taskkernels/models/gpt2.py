@@ -45,15 +45,16 @@ class GPT2Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None, cache: KVCache | None) -> Tensor:
-        B, T, E = x.shape
+        B, T, _ = x.shape
         # (B, T, H, D) slices of one projection viewed as (B, H, T, D): attention reads the strides.
-        q, k, v = (t.view(B, T, self.heads, E // self.heads).transpose(1, 2) for t in self.c_attn(x).split(E, dim=2))
+        # Thirds and -1, not E: under tensor parallelism the projection holds this rank's heads.
+        q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=2))
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         # causal is aligned to the end: the T new queries follow the cached keys.
         out = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask, scale=self.scaling,
                         dropout_p=self.attn_dropout.p if self.training else 0.0)
-        return self.resid_dropout(self.c_proj(out.transpose(1, 2).reshape(B, T, E)))
+        return self.resid_dropout(self.c_proj(out.transpose(1, 2).reshape(B, T, -1)))
 
 
 class GPT2MLP(nn.Module):

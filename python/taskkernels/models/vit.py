@@ -121,11 +121,11 @@ class ViTSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, E = x.shape
-        q, k, v = (proj(x).view(B, N, self.heads, E // self.heads).transpose(1, 2)
+        B, N, _ = x.shape
+        q, k, v = (proj(x).view(B, N, self.heads, -1).transpose(1, 2)  # -1: this rank's heads under TP
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.o_proj(out.transpose(1, 2).reshape(B, N, E))
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
 class ViTLayer(nn.Module):
