@@ -24,6 +24,7 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -52,6 +53,14 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _load() -> float | None:
+    """The 1-minute load average (other processes competing for a CPU run), where the OS has one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _progress(total: int):
@@ -224,7 +233,7 @@ def main(argv=None) -> int:
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         device=device_name(device), device_type=device.type, torch=torch.__version__,
         taskkernels=taskkernels.__version__, build=taskkernels.build_info(), git_commit=git_commit(),
-        quick=args.quick, cases=args.cases, headline=headline,
+        quick=args.quick, cases=args.cases, headline=headline, load_avg_at_start=_load(),
     )
     plan = effort(device, args.quick, headline, args.budget)
     print(f"# {meta['device']} | torch {meta['torch']} | taskkernels {meta['taskkernels']} @ {meta['git_commit']} | {meta['date']}")
@@ -244,6 +253,7 @@ def main(argv=None) -> int:
         print(f"\nresults: {path}" + (f"\nplot:    {png}" if png else ""))
 
     summary = summarize(every)
+    meta["load_avg_at_end"] = _load()
     history = append_history(out / "summary.json", meta, summary)
     png = plot_summary(history["runs"][-1], out / f"summary-{device.type}.png")
     print(f"\n## summary: taskkernels on {meta['device']}, {meta['date']}\n"
@@ -252,6 +262,10 @@ def main(argv=None) -> int:
     print(format_summary(summary))
     took = round(time.perf_counter() - started)
     print(f"\n{len(summary)} cases in {took // 60} min {took % 60:02d} s; summary: {out / 'summary.json'}" + (f"\npicture: {png}" if png else " (no picture: matplotlib is missing)"))
+    if device.type == "cpu" and meta["load_avg_at_start"] is not None and meta["load_avg_at_start"] >= 1.0:
+        print(f"note: the CPU was busy before this run began (load average {meta['load_avg_at_start']:.1f} on "
+              f"{os.cpu_count()} cores): other processes competed for it, so times are slower and noisier than on an "
+              "idle machine")
     return 0
 
 
