@@ -107,7 +107,10 @@ def plot_summary(run: dict, path: Path) -> Path | None:
     ax.set_yticklabels([f"{s['op']}: {s['case']} ({s['dtype']}, {SHORT[s['mode']]})" for s in rows], fontsize=7)
     ax.set_xlabel("speed-up of taskkernels (time of the other / ours; > 1 is faster, log scale)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.9 / (1.8 + 0.36 * len(rows))), ncol=2)
-    ax.set_title(f"taskkernels | {run['device']}\ntorch {run['torch']} | {run['git_commit']} | {run['date'][:10]}",
+    load = (f" | load average {run['load_avg_at_start']:.1f} at start, {run['load_avg_at_end']:.1f} at end"
+            if run.get("device_type") == "cpu" and run.get("load_avg_at_start") is not None
+            and run.get("load_avg_at_end") is not None else "")
+    ax.set_title(f"taskkernels | {run['device']}\ntorch {run['torch']} | {run['git_commit']} | {run['date'][:10]}{load}",
                  fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
