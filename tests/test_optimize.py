@@ -534,9 +534,16 @@ def test_vision_models_in_each_dtype(saved, dtype):
         assert_within_reference_error(got, hf, want64, dtype, what=name)
 
 
-def test_optimize_before_torch_compile(saved):
-    model = transformers.BertForSequenceClassification.from_pretrained(saved["bert-cls"]).eval()
-    batch = dict(input_ids=torch.randint(5, 40, (2, 7)), attention_mask=torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+@pytest.mark.parametrize("name", ["bert-cls", "vit"])
+def test_optimize_before_torch_compile(saved, name):
+    """One graph (fullgraph) holding our ops: the interface attention (BERT, padded) and the
+    replaced forwards (ViT's embeddings)."""
+    cls = transformers.AutoModelForSequenceClassification if name == "bert-cls" else transformers.ViTForImageClassification
+    model = cls.from_pretrained(saved[name]).eval()
+    if name == "bert-cls":
+        batch = dict(input_ids=torch.randint(5, 40, (2, 7)), attention_mask=torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+    else:
+        batch = dict(pixel_values=torch.randn(2, 3, 32, 32))
     with torch.no_grad():
         want = model(**batch).logits
         taskkernels.optimize(model)
@@ -546,8 +553,8 @@ def test_optimize_before_torch_compile(saved):
             targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
             return gm.forward
 
-        got = torch.compile(model, backend=backend)(**batch).logits
-    assert "taskkernels.attention" in targets  # in the graph, not a graph break around it
+        got = torch.compile(model, backend=backend, fullgraph=True)(**batch).logits
+    assert "taskkernels.attention" in targets and (name == "bert-cls" or "taskkernels.patch_embed" in targets)
     assert_close_scaled(got, want, **SCORE)
     taskkernels.restore(model)
 
