@@ -17,6 +17,7 @@ from .ops.linear_sum_assignment import batched_linear_sum_assignment, linear_sum
 from .ops.masked_attention import masked_attention, pack_attention_mask
 from .ops.patch_embed import patch_embed
 from .ops.sdpa import scaled_dot_product_attention
+from . import _autocast  # noqa: F401,E402  (autocast rules for the ops above)
 from .optimize import optimize, restore
 
 __version__ = "0.1.0"
