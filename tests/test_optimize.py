@@ -624,3 +624,21 @@ def test_attention_features_we_lack_fall_back_with_a_warning(make, feature, ours
     valid = mask.bool()  # padded positions' outputs are not defined by either side
     assert_close_scaled(got[valid], want[valid], **SCORE)
     taskkernels.restore(model)
+
+
+def test_eager_model_asked_for_attention_weights_gets_them(saved):
+    """An eager model keeps returning its attention weights when asked (our kernel never forms
+    them): those calls run its eager attention, the others ours."""
+    model = transformers.BertForSequenceClassification.from_pretrained(saved["bert-cls"], attn_implementation="eager").eval()
+    batch = dict(input_ids=torch.randint(5, 40, (2, 7)), attention_mask=torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+    with torch.no_grad():
+        want = model(**batch, output_attentions=True)
+        taskkernels.optimize(model)
+        got, calls = run_counting(lambda: model(**batch, output_attentions=True))
+        assert not calls and len(got.attentions) == 2
+        for g, w in zip(got.attentions, want.attentions):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        logits, calls = run_counting(lambda: model(**batch).logits)
+    assert calls["attention"] == 2
+    assert_close_scaled(logits, want.logits, **SCORE)
+    taskkernels.restore(model)

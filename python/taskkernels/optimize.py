@@ -472,9 +472,3 @@ def restore(model: nn.Module) -> nn.Module:
         state.run_undo()
     return model
 
-
-def report(model: nn.Module) -> OptimizeReport | None:
-    """The report of the :func:`optimize` call in effect on `model` (None when there is none)."""
-    state = model.__dict__.get(_STATE)
-    return None if state is None else state.report
-
