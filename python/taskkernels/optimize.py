@@ -410,16 +410,23 @@ def _apply(model: nn.Module, ops: tuple, state: _State, report: OptimizeReport) 
                 report.skipped.append(("attention", f"{name}.self_attn", "Mask2FormerAttention: the decoder layer always "
                                        "asks it for its attention weights, which our kernel never forms"))
         elif "matcher" in ops and _is(m, "mask2former", "Mask2FormerLoss"):
+            if not _is(m.matcher, "mask2former", "Mask2FormerHungarianMatcher"):
+                report.skipped.append(("matcher", f"{name}.matcher", f"not HF's matcher ({type(m.matcher).__name__})"))
+                continue
             original = m.matcher
             m.matcher = _Mask2FormerMatcher(original)
             state.set(m, "matcher", original)
             report.swapped.append(("matcher", f"{name}.matcher", "Mask2FormerHungarianMatcher: one batched solve"))
-    if "matcher" in ops and _is(model, "detr", "DetrForObjectDetection"):
-        _set_loss_function(state, model, detr_loss_function)
-        report.swapped.append(("matcher", "loss_function", "DETR's loss with the matcher on hungarian_match"))
-    if "ctc_loss" in ops and _is(model, "wav2vec2", "Wav2Vec2ForCTC"):
-        _set_loss_function(state, model, ctc_loss_function)
-        report.swapped.append(("ctc_loss", "loss_function", "ForCTCLoss on ctc_loss_from_logits"))
+        elif "matcher" in ops and _is(m, "detr", "DetrForObjectDetection"):
+            _set_loss_function(state, m, detr_loss_function)
+            report.swapped.append(("matcher", _where(name, "loss_function"), "DETR's loss with the matcher on hungarian_match"))
+        elif "ctc_loss" in ops and _is(m, "wav2vec2", "Wav2Vec2ForCTC"):
+            _set_loss_function(state, m, ctc_loss_function)
+            report.swapped.append(("ctc_loss", _where(name, "loss_function"), "ForCTCLoss on ctc_loss_from_logits"))
+
+
+def _where(name: str, attr: str) -> str:
+    return f"{name}.{attr}" if name else attr
 
 
 def optimize(model: nn.Module, *, ops=None) -> OptimizeReport:
