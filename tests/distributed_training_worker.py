@@ -216,7 +216,7 @@ def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
             entry = {}
             for mode in ("ddp", "fsdp2"):
                 m = copy.deepcopy(model)
-                wrapped = DDP(m, find_unused_parameters=True) if mode == "ddp" else shard_fsdp2(m, mesh)
+                wrapped = DDP(m) if mode == "ddp" else shard_fsdp2(m, mesh)
                 loss = step(wrapped, local)
                 dist.all_reduce(loss)  # the mean of the ranks' losses: the full batch's loss
                 g = grads(m)
