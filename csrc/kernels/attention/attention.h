@@ -19,6 +19,10 @@ cudaError_t attention_forward(const AttentionParams& p, cudaStream_t stream);
 // double for float64 inputs). Deterministic: no atomics.
 cudaError_t attention_backward(const AttentionBackwardParams& p, void* delta, cudaStream_t stream);
 
+// Passes 2 and 3 of the backward (dK/dV, then dQ and dbias) on tensor cores: fp16 / bf16, head
+// dims up to 128; `delta` = rowsum(dO * O) per query row, float (pass 1, done by the caller).
+cudaError_t attention_backward_mma(const AttentionBackwardParams& p, const float* delta, cudaStream_t stream);
+
 // Packs a per-query mask (bool or logits) into bits: MaskPackParams (common/attention_params.h).
 cudaError_t pack_attention_mask(const MaskPackParams& p, cudaStream_t stream);
 

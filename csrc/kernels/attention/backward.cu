@@ -13,7 +13,8 @@
 //
 // The two passes recompute S twice instead of accumulating dQ with atomics (FlashAttention-2's
 // choice), which makes the result bit-for-bit repeatable. SIMT FMA arithmetic in fp32 (fp64 for
-// fp64 inputs), every dtype and head dimension up to kMaxAttentionHeadDim.
+// fp64 inputs): fp32, fp64, and fp16/bf16 head dimensions above 128 (up to kMaxAttentionHeadDim);
+// fp16/bf16 up to 128 run passes 2 and 3 on tensor cores (backward_mma.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -22,6 +23,7 @@
 
 #include "common/dropout.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/mask_tiles.cuh"
 #include "kernels/common/tile_gemm.cuh"  // Num<T>
 #include "kernels/common/launch.cuh"
 
@@ -87,30 +89,6 @@ __device__ __forceinline__ void load_rows(A (*dst)[LD], const T* __restrict__ sr
     const int64_t row = row0 + r;
     dst[r][d] = (row < n && d < D) ? Num<T>::to_acc(src[row * s_n + d * s_d]) : A(0);
   }
-}
-
-// The blocked-key bits of keys [n0, n0 + nvalid) for query i (BN <= 64 and n0 a multiple of BN, so
-// they lie in one word); 0 without a per-query mask.
-__device__ __forceinline__ uint64_t tile_blocked_bits(const AttentionParams& p, int64_t b, int64_t i, int64_t n0,
-                                                      int64_t nvalid) {
-  if (!p.mask_bits) return 0;
-  const uint64_t word = p.mask_bits[b * p.mb_stride[0] + i * p.mb_stride[1] + n0 / 64];
-  const uint64_t bits = word >> (n0 % 64);
-  return nvalid >= 64 ? bits : bits & ((uint64_t(1) << nvalid) - 1);
-}
-
-// Whether every query of [m0, m0 + mvalid) blocks every key of [n0, n0 + nvalid) through the
-// per-query mask: the pair contributes nothing. Block-uniform (ends with a barrier).
-template <int BM>
-__device__ __forceinline__ bool pair_blocked(const AttentionParams& p, int64_t b, int64_t m0, int64_t mvalid, int64_t n0,
-                                             int64_t nvalid) {
-  if (!p.mask_bits) return false;
-  bool mine = true;
-  for (int r = threadIdx.x; r < mvalid; r += kThreads) {
-    const uint64_t want = nvalid >= 64 ? ~uint64_t(0) : (uint64_t(1) << nvalid) - 1;
-    mine = mine && tile_blocked_bits(p, b, m0 + r, n0, nvalid) == want;
-  }
-  return __syncthreads_and(mine);
 }
 
 // With Q, dO, lse2, delta, K and V of the pair in shared memory: P and dS into t.p, t.ds (and
@@ -222,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(AttentionBackwardParams 
   // The query heads sharing this key/value head (one without grouped-query attention), in order.
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     for (int64_t m0 = q_first / BM * BM; m0 < p.Nq; m0 += BM) {
-      if (pair_blocked<BM>(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;
+      if (pair_blocked(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;
       load_query_tile<T, A, HD, BM, BN>(bp, t, delta, b, h, m0);
       __syncthreads();
       recompute_p_ds<T, A, HD, BM, BN>(bp, t, b, h, m0, n0, false);
@@ -277,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(AttentionBackwardParams bp
   // Causal: keys past the tile's last row's limit are invisible to all of it.
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), m0 + mvalid + shift)) : p.Nk;
   for (int64_t n0 = 0; n0 < kend; n0 += BN) {
-    if (pair_blocked<BM>(p, b, m0, mvalid, n0, min(int64_t(BN), p.Nk - n0))) continue;
+    if (pair_blocked(p, b, m0, mvalid, n0, min(int64_t(BN), p.Nk - n0))) continue;
     load_key_tile<T, A, HD, BM, BN>(p, t, b, kv_head(p, h), n0);
     __syncthreads();
     recompute_p_ds<T, A, HD, BM, BN>(bp, t, b, h, m0, n0, write_dbias);
@@ -308,16 +286,22 @@ cudaError_t allow_smem(K kernel, size_t smem) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 }
 
-template <class T, class A, int HD, int BM, int BN>
-cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t stream) {
+// Pass 1, delta = rowsum(dO * O), for either implementation of passes 2 and 3.
+template <class T, class A>
+cudaError_t launch_delta(const AttentionBackwardParams& bp, A* delta, cudaStream_t stream) {
   const AttentionParams& p = bp.fwd;
   const int64_t rows = p.B * p.H * p.Nq;
   const int64_t row_blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
   if (row_blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  cudaError_t err = cudaSuccess;
-  if (rows > 0) {
-    if ((err = launch_kernel(delta_kernel<T, A>, unsigned(row_blocks), kThreads, 0, stream, bp, delta)) != cudaSuccess) return err;
-  }
+  if (rows == 0) return cudaSuccess;
+  return launch_kernel(delta_kernel<T, A>, unsigned(row_blocks), kThreads, 0, stream, bp, delta);
+}
+
+template <class T, class A, int HD, int BM, int BN>
+cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t stream) {
+  const AttentionParams& p = bp.fwd;
+  cudaError_t err = launch_delta<T, A>(bp, delta, stream);
+  if (err != cudaSuccess) return err;
 
   constexpr size_t smem = sizeof(Tiles<A, HD, BM, BN>);
   if ((err = allow_smem(dkdv_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
@@ -357,6 +341,14 @@ cudaError_t attention_backward(const AttentionBackwardParams& bp, void* delta, c
   const AttentionParams& p = bp.fwd;
   if (p.B * p.H == 0) return cudaSuccess;
   if (p.D > kMaxAttentionHeadDim || p.H > 65535 || p.B > 65535) return cudaErrorInvalidValue;
+  // fp16 / bf16 up to head dim 128: passes 2 and 3 on tensor cores (backward_mma.cu).
+  const bool tc = (p.dtype == AttnDType::kHalf || p.dtype == AttnDType::kBFloat16) && p.D <= 128;
+  if (tc) {
+    float* dl = static_cast<float*>(delta);
+    const cudaError_t err = p.dtype == AttnDType::kHalf ? launch_delta<__half, float>(bp, dl, stream)
+                                                        : launch_delta<__nv_bfloat16, float>(bp, dl, stream);
+    return err != cudaSuccess ? err : attention_backward_mma(bp, dl, stream);
+  }
   switch (p.dtype) {
     case AttnDType::kHalf: return launch_head_dim<__half, float>(bp, delta, stream);
     case AttnDType::kBFloat16: return launch_head_dim<__nv_bfloat16, float>(bp, delta, stream);

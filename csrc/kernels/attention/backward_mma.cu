@@ -1,0 +1,456 @@
+// Attention backward for fp16 / bf16 on tensor cores (FlashAttention-2's algorithm on mma.sync
+// m16n8k16, fp32 accumulation), head dims up to 128. Deterministic like the exact kernels
+// (backward.cu): two passes, every gradient element a sum in a fixed order, no atomics.
+//
+//   dK, dV: a block per (b, key/value head, 64 keys), a warp per 16 keys. For each query head of
+//     the group and each query tile (BM queries, through shared memory):
+//       S^T = K Q^T and dP^T = V dO^T (tensor cores), P^T and dS^T = P^T (dP^T - delta)
+//       recomputed from the saved lse in registers, then dV += P^T dO and dK += dS^T Q (tensor
+//       cores: the S^T accumulators are the A operand directly, as P is in the forward).
+//   dQ (and dbias): a block per (b, head, 64 queries), a warp per 16 queries; key tiles of 64
+//     stream through shared memory: S = Q K^T, dP = dO V^T, dS, dQ += dS K.
+//
+// P and dS enter the second products rounded to the input dtype (as in FlashAttention-2); the
+// accumulators are fp32. Masks, bias (and its gradient), causal, key padding, grouped-query
+// heads, dropout replay and masked attention's tile skipping as in the exact kernels.
+//
+// Fragment layouts (kernels/common/ptx.cuh; g = lane / 4, t = lane % 4):
+//   A (16x16, row):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+//   B (16x8,  col):  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   C (16x8, f32):   c0 c1 (g, 2t..2t+1)  c2 c3 (g+8, 2t..2t+1)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/dropout.h"
+#include "kernels/attention/attention.h"
+#include "kernels/attention/mask_tiles.cuh"
+#include "kernels/common/launch.cuh"
+#include "kernels/common/ptx.cuh"
+
+namespace taskkernels::cuda {
+namespace {
+
+constexpr int kWarps = 4, kThreads = kWarps * 32, kTile = 64;  // keys (dK/dV) or queries (dQ) per block
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <class T>
+struct Tc;
+
+template <>
+struct Tc<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    ptx::SM80_16x8x16_F32F16F16F32_TN::fma(c, a, b0, b1);
+  }
+};
+
+template <>
+struct Tc<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    ptx::SM80_16x8x16_F32BF16BF16F32_TN::fma(c, a, b0, b1);
+  }
+};
+
+// Two consecutive 16-bit elements of a shared-memory row as one register.
+template <class T>
+__device__ __forceinline__ uint32_t pair(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// The same column of two consecutive rows (row stride LD) as one register: lo, hi.
+template <class T, int LD>
+__device__ __forceinline__ uint32_t col_pair(const T* p) {
+  return uint32_t(*reinterpret_cast<const uint16_t*>(p)) | (uint32_t(*reinterpret_cast<const uint16_t*>(p + LD)) << 16);
+}
+// The A fragment (16 rows from `rows`, row stride LD, columns k0..k0+15) of a row-major tile.
+template <class T, int LD>
+__device__ __forceinline__ void a_frag(uint32_t (&a)[4], const T* rows, int k0, int g, int t) {
+  const T* r0 = rows + g * LD + k0 + 2 * t;
+  a[0] = pair(r0);
+  a[1] = pair(r0 + 8 * LD);
+  a[2] = pair(r0 + 8);
+  a[3] = pair(r0 + 8 * LD + 8);
+}
+// The A fragment of keys/queries 16kk..16kk+15 from C accumulators of n-tiles 2kk and 2kk+1.
+template <class T>
+__device__ __forceinline__ void acc_as_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  a[0] = Tc<T>::pack(lo[0], lo[1]);
+  a[1] = Tc<T>::pack(lo[2], lo[3]);
+  a[2] = Tc<T>::pack(hi[0], hi[1]);
+  a[3] = Tc<T>::pack(hi[2], hi[3]);
+}
+
+// rows [row0, row0 + R) x [0, HD) of a (n, d) strided matrix into shared memory (row stride LD),
+// zero outside [0, n) x [0, D); 16-byte loads where the head dimension is contiguous and aligned.
+template <class T, int R, int HD, int LD>
+__device__ __forceinline__ void load_rows(T* __restrict__ dst, const T* __restrict__ src, int64_t row0, int64_t n,
+                                          int64_t D, int64_t s_n, int64_t s_d) {
+  constexpr int V = 8, PER_ROW = HD / V;
+  const T zero = Tc<T>::from_float(0.f);
+  for (int idx = threadIdx.x; idx < R * PER_ROW; idx += kThreads) {
+    const int r = idx / PER_ROW, c = (idx % PER_ROW) * V;
+    const int64_t row = row0 + r;
+    T* out = dst + r * LD + c;
+    if (row < n) {
+      const T* in = src + row * s_n + c * s_d;
+      if (s_d == 1 && c + V <= D && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
+        *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(in);
+        continue;
+      }
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[e] = c + e < D ? in[e * s_d] : zero;
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[e] = zero;
+    }
+  }
+}
+
+// The score of (query i, key j) in base 2 before the lse: scale * s + bias.
+template <class T>
+__device__ __forceinline__ float biased(const AttentionParams& p, float s, int64_t b, int64_t h, int64_t i, int64_t j) {
+  float x = s * float(p.scale) * kLog2e;
+  if (p.bias) {
+    const int64_t idx = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2] + j * p.bias_stride[3];
+    x += (p.bias_is_float32 ? static_cast<const float*>(p.bias)[idx] : Tc<T>::to_float(static_cast<const T*>(p.bias)[idx])) *
+         kLog2e;
+  }
+  return x;
+}
+
+// P and dS of one (query i, key j) element from its score s and dP value dp (both raw
+// accumulators); P is returned with dropout's keep factor applied (what dV needs).
+template <class T>
+__device__ __forceinline__ void p_ds(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j, float s,
+                                     float dp, float lse2, float delta, bool visible, float& pz, float& ds) {
+  if (!visible || lse2 == -INFINITY) {
+    pz = ds = 0.f;
+    return;
+  }
+  const float x = biased<T>(p, s, b, h, i, j) - lse2;
+  const float pv = exp2f(fminf(x, 0.f));  // round-off can push a recomputed probability above 1
+  if (p.dropout_p > 0) {
+    // Z = kept / (1 - p): out = (P Z) V, so dV = (P Z)^T dO and dS = P (Z dP - delta).
+    const bool keep = dropout_keep(p.seed, dropout_threshold(p.dropout_p),
+                                   (uint64_t(b * p.H + h) * uint64_t(p.Nq) + uint64_t(i)) * uint64_t(p.Nk) + uint64_t(j));
+    const float z = keep ? float(1.0 / (1.0 - p.dropout_p)) : 0.f;
+    ds = pv * (dp * z - delta);
+    pz = pv * z;
+  } else {
+    ds = pv * (dp - delta);
+    pz = pv;
+  }
+}
+
+__device__ __forceinline__ bool key_visible(const AttentionParams& p, int64_t b, int64_t i, int64_t j, uint64_t blocked_word,
+                                            int64_t n0) {
+  return i < p.Nq && j < p.Nk && !(p.causal && j > i + (p.Nk - p.Nq)) &&
+         !(p.key_padding && p.key_padding[b * p.kp_stride[0] + j * p.kp_stride[1]]) &&
+         !((blocked_word >> (j - n0)) & 1);
+}
+
+// ---- dK, dV -------------------------------------------------------------------------------------
+template <int HD, int BM>
+struct KvSmem {
+  static constexpr int LD = HD + 8;  // rows stay 16-byte aligned; fewer bank conflicts
+  static constexpr size_t bytes(size_t elem) {
+    return (2 * kTile + 2 * BM) * LD * elem + 2 * BM * sizeof(float) + BM * sizeof(uint64_t);
+  }
+};
+
+template <class T, int HD, int BM>
+__global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
+  constexpr int LD = KvSmem<HD, BM>::LD, KSTEPS = HD / 16, DTILES = HD / 8, QTILES = BM / 8;
+  const AttentionParams& p = bp.fwd;
+  unsigned char* smem = dynamic_smem();
+  T* Ks = reinterpret_cast<T*>(smem);
+  T* Vs = Ks + kTile * LD;
+  T* Qs = Vs + kTile * LD;
+  T* dOs = Qs + BM * LD;
+  float* lse2 = reinterpret_cast<float*>(dOs + BM * LD);
+  float* dl = lse2 + BM;
+  uint64_t* words = reinterpret_cast<uint64_t*>(dl + BM);  // per query: blocked bits of this key tile
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, hk = blockIdx.y, n0 = int64_t(blockIdx.x) * kTile;
+  const int64_t nvalid = min(int64_t(kTile), p.Nk - n0), shift = p.Nk - p.Nq, group = p.H / p.Hk;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  load_rows<T, kTile, HD, LD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
+  load_rows<T, kTile, HD, LD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+
+  float dk[DTILES][4], dv[DTILES][4];
+#pragma unroll
+  for (int d = 0; d < DTILES; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[d][e] = dv[d][e] = 0.f;
+
+  const T* kw = Ks + warp * 16 * LD;  // this warp's 16 keys
+  const T* vw = Vs + warp * 16 * LD;
+  const int64_t key[2] = {n0 + warp * 16 + g, n0 + warp * 16 + g + 8};
+  const int64_t q_first = p.causal ? max(int64_t(0), n0 - shift) : 0;  // earlier queries see none of these keys
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+    const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
+    const float* lse = static_cast<const float*>(p.lse) + (b * p.H + h) * p.Nq;
+    const float* dlh = delta + (b * p.H + h) * p.Nq;
+    for (int64_t m0 = q_first / BM * BM; m0 < p.Nq; m0 += BM) {
+      if (pair_blocked(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;  // ends with a barrier
+      load_rows<T, BM, HD, LD>(Qs, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
+      load_rows<T, BM, HD, LD>(dOs, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
+      for (int r = threadIdx.x; r < BM; r += kThreads) {
+        const int64_t i = m0 + r;
+        lse2[r] = i < p.Nq ? lse[i] * kLog2e : -INFINITY;
+        dl[r] = i < p.Nq ? dlh[i] : 0.f;
+        words[r] = i < p.Nq ? tile_blocked_bits(p, b, i, n0, nvalid) : ~uint64_t(0);
+      }
+      __syncthreads();
+
+      // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x BM queries.
+      float s[QTILES][4], dp[QTILES][4];
+#pragma unroll
+      for (int qt = 0; qt < QTILES; ++qt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[qt][e] = dp[qt][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        uint32_t ka[4], va[4];
+        a_frag<T, LD>(ka, kw, ks * 16, g, t);
+        a_frag<T, LD>(va, vw, ks * 16, g, t);
+#pragma unroll
+        for (int qt = 0; qt < QTILES; ++qt) {
+          const T* qr = Qs + (qt * 8 + g) * LD + ks * 16 + 2 * t;
+          const T* gr = dOs + (qt * 8 + g) * LD + ks * 16 + 2 * t;
+          Tc<T>::mma(s[qt], ka, pair(qr), pair(qr + 8));
+          Tc<T>::mma(dp[qt], va, pair(gr), pair(gr + 8));
+        }
+      }
+      // P^T (with dropout's factor) into s, dS^T into dp.
+#pragma unroll
+      for (int qt = 0; qt < QTILES; ++qt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = qt * 8 + 2 * t + (e & 1);
+          const int64_t i = m0 + r, j = key[e >> 1];
+          float pz, ds;
+          p_ds<T>(p, b, h, i, j, s[qt][e], dp[qt][e], lse2[r], dl[r], key_visible(p, b, i, j, words[r], n0), pz, ds);
+          s[qt][e] = pz;
+          dp[qt][e] = ds;
+        }
+      // dV += P^T dO, dK += dS^T Q: k = the tile's queries, 16 at a time.
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        uint32_t pa[4], da[4];
+        acc_as_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+        acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+        const T* gr = dOs + (kk * 16 + 2 * t) * LD + g;
+        const T* qr = Qs + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+        for (int d = 0; d < DTILES; ++d) {
+          Tc<T>::mma(dv[d], pa, col_pair<T, LD>(gr + d * 8), col_pair<T, LD>(gr + 8 * LD + d * 8));
+          Tc<T>::mma(dk[d], da, col_pair<T, LD>(qr + d * 8), col_pair<T, LD>(qr + 8 * LD + d * 8));
+        }
+      }
+      __syncthreads();  // before the next query tile overwrites Q, dO, lse2, delta, words
+    }
+  }
+
+  // dK (times the scale), dV: (B, Hk, Nk, D) contiguous.
+  const float scale = float(p.scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = key[r];
+    if (j >= p.Nk) continue;
+    T* dkr = static_cast<T*>(bp.dk) + ((b * p.Hk + hk) * p.Nk + j) * p.D;
+    T* dvr = static_cast<T*>(bp.dv) + ((b * p.Hk + hk) * p.Nk + j) * p.D;
+#pragma unroll
+    for (int d = 0; d < DTILES; ++d)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = d * 8 + 2 * t + e;
+        if (c < p.D) {
+          dkr[c] = Tc<T>::from_float(dk[d][2 * r + e] * scale);
+          dvr[c] = Tc<T>::from_float(dv[d][2 * r + e]);
+        }
+      }
+  }
+}
+
+// ---- dQ (and dbias) -----------------------------------------------------------------------------
+template <int HD>
+struct QSmem {
+  static constexpr int LD = HD + 8;
+  static constexpr size_t bytes(size_t elem) { return 4 * kTile * LD * elem; }
+};
+
+template <class T, int HD>
+__global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
+  constexpr int LD = QSmem<HD>::LD, KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kTile / 8;
+  const AttentionParams& p = bp.fwd;
+  unsigned char* smem = dynamic_smem();
+  T* Qs = reinterpret_cast<T*>(smem);
+  T* dOs = Qs + kTile * LD;
+  T* Ks = dOs + kTile * LD;
+  T* Vs = Ks + kTile * LD;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, h = blockIdx.y, m0 = int64_t(blockIdx.x) * kTile;
+  const int64_t mvalid = min(int64_t(kTile), p.Nq - m0), shift = p.Nk - p.Nq;
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
+  load_rows<T, kTile, HD, LD>(Qs, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
+  load_rows<T, kTile, HD, LD>(dOs, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
+
+  // This thread's two query rows, their lse (base 2) and delta.
+  const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool in = row[r] < p.Nq;
+    lse2[r] = in ? static_cast<const float*>(p.lse)[(b * p.H + h) * p.Nq + row[r]] * kLog2e : -INFINITY;
+    dl[r] = in ? delta[(b * p.H + h) * p.Nq + row[r]] : 0.f;
+  }
+  float dq[DTILES][4];
+#pragma unroll
+  for (int d = 0; d < DTILES; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[d][e] = 0.f;
+
+  const T* qw = Qs + warp * 16 * LD;
+  const T* gw = dOs + warp * 16 * LD;
+  float* dbias = static_cast<float*>(bp.dbias);  // zero-filled: skipped pairs keep their zeros
+  // Causal: keys past the tile's last row's limit are invisible to all of it.
+  const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), m0 + mvalid + shift)) : p.Nk;
+  for (int64_t n0 = 0; n0 < kend; n0 += kTile) {
+    const int64_t nvalid = min(int64_t(kTile), p.Nk - n0);
+    if (pair_blocked(p, b, m0, mvalid, n0, nvalid)) continue;  // ends with a barrier
+    load_rows<T, kTile, HD, LD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
+    load_rows<T, kTile, HD, LD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+    uint64_t words[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) words[r] = row[r] < p.Nq ? tile_blocked_bits(p, b, row[r], n0, nvalid) : ~uint64_t(0);
+    __syncthreads();
+
+    // S = Q K^T, dP = dO V^T: this warp's 16 queries x 64 keys.
+    float s[NTILES][4], dp[NTILES][4];
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t qa[4], ga[4];
+      a_frag<T, LD>(qa, qw, ks * 16, g, t);
+      a_frag<T, LD>(ga, gw, ks * 16, g, t);
+#pragma unroll
+      for (int nt = 0; nt < NTILES; ++nt) {
+        const T* kr = Ks + (nt * 8 + g) * LD + ks * 16 + 2 * t;
+        const T* vr = Vs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
+        Tc<T>::mma(s[nt], qa, pair(kr), pair(kr + 8));
+        Tc<T>::mma(dp[nt], ga, pair(vr), pair(vr + 8));
+      }
+    }
+    // dS into dp (and dbias).
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const int64_t i = row[r], j = n0 + nt * 8 + 2 * t + (e & 1);
+        float pz, ds;
+        p_ds<T>(p, b, h, i, j, s[nt][e], dp[nt][e], lse2[r], dl[r], key_visible(p, b, i, j, words[r], n0), pz, ds);
+        dp[nt][e] = ds;
+        if (dbias && i < p.Nq && j < p.Nk) dbias[((b * p.H + h) * p.Nq + i) * p.Nk + j] = ds;
+      }
+    // dQ += dS K: k = the tile's keys, 16 at a time.
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t da[4];
+      acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+      const T* kr = Ks + (kk * 16 + 2 * t) * LD + g;
+#pragma unroll
+      for (int d = 0; d < DTILES; ++d)
+        Tc<T>::mma(dq[d], da, col_pair<T, LD>(kr + d * 8), col_pair<T, LD>(kr + 8 * LD + d * 8));
+    }
+    __syncthreads();  // before the next key tile overwrites K and V
+  }
+
+  const float scale = float(p.scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = row[r];
+    if (i >= p.Nq) continue;
+    T* dqr = static_cast<T*>(bp.dq) + ((b * p.H + h) * p.Nq + i) * p.D;
+#pragma unroll
+    for (int d = 0; d < DTILES; ++d)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = d * 8 + 2 * t + e;
+        if (c < p.D) dqr[c] = Tc<T>::from_float(dq[d][2 * r + e] * scale);
+      }
+  }
+}
+
+// ---- launch -------------------------------------------------------------------------------------
+template <class K>
+cudaError_t allow_smem(K kernel, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+}
+
+template <class T, int HD, int BM>
+cudaError_t launch(const AttentionBackwardParams& bp, const float* delta, cudaStream_t stream) {
+  const AttentionParams& p = bp.fwd;
+  cudaError_t err = cudaSuccess;
+  if (p.Nk > 0) {
+    constexpr size_t smem = KvSmem<HD, BM>::bytes(sizeof(T));
+    if ((err = allow_smem(dkdv_mma_kernel<T, HD, BM>, smem)) != cudaSuccess) return err;
+    const dim3 grid{unsigned((p.Nk + kTile - 1) / kTile), unsigned(p.Hk), unsigned(p.B)};
+    if ((err = launch_kernel(dkdv_mma_kernel<T, HD, BM>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
+  }
+  if (p.Nq > 0) {
+    constexpr size_t smem = QSmem<HD>::bytes(sizeof(T));
+    if ((err = allow_smem(dq_mma_kernel<T, HD>, smem)) != cudaSuccess) return err;
+    const dim3 grid{unsigned((p.Nq + kTile - 1) / kTile), unsigned(p.H), unsigned(p.B)};
+    if ((err = launch_kernel(dq_mma_kernel<T, HD>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+// Query tile of the dK/dV pass: 64 rows up to head dim 64, 32 above (the dK, dV accumulators of
+// 16 keys x HD then take most of a thread's registers).
+template <class T>
+cudaError_t launch_head_dim(const AttentionBackwardParams& bp, const float* delta, cudaStream_t stream) {
+  const int64_t D = bp.fwd.D;
+  if (D <= 32) return launch<T, 32, 64>(bp, delta, stream);
+  if (D <= 64) return launch<T, 64, 64>(bp, delta, stream);
+  if (D <= 80) return launch<T, 80, 16>(bp, delta, stream);  // 32 spills 8 bytes on sm_80
+  if (D <= 96) return launch<T, 96, 32>(bp, delta, stream);
+  return launch<T, 128, 32>(bp, delta, stream);
+}
+
+}  // namespace
+
+cudaError_t attention_backward_mma(const AttentionBackwardParams& bp, const float* delta, cudaStream_t stream) {
+  const AttentionParams& p = bp.fwd;
+  if (p.D > 128 || !(p.dtype == AttnDType::kHalf || p.dtype == AttnDType::kBFloat16)) return cudaErrorInvalidValue;
+  return p.dtype == AttnDType::kHalf ? launch_head_dim<__half>(bp, delta, stream)
+                                     : launch_head_dim<__nv_bfloat16>(bp, delta, stream);
+}
+
+}  // namespace taskkernels::cuda
