@@ -224,11 +224,9 @@ def test_ctc_loss_runs_in_float32(device):
         loss = tk.ctc_loss(log_probs, targets, il, tl, reduction="none")
     assert calls.of("ctc_nll")[0]["input"] == torch.float32
     want = tk.ctc_loss(log_probs.float(), targets, il, tl, reduction="none")
-    torch.testing.assert_close(loss, want.to(loss.dtype), rtol=0, atol=0)  # the dtype: the xfail below
+    torch.testing.assert_close(loss, want.to(loss.dtype), rtol=0, atol=0)  # the dtype: the next test
 
 
-@pytest.mark.xfail(strict=True, reason="ops/ctc_loss.py casts the loss back to log_probs' dtype after the op; "
-                                       "under autocast F.ctc_loss returns float32 (reported on issue 20)")
 def test_ctc_loss_returns_float32_under_autocast_as_f_ctc_loss():
     logits, targets, il, tl = ctc_batch("cpu", torch.bfloat16)
     log_probs = logits.float().log_softmax(-1).transpose(0, 1).to(torch.bfloat16)

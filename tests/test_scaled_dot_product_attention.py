@@ -292,3 +292,15 @@ def test_hf_grouped_query_model_reads_shared_heads(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+def test_autocast_takes_mixed_dtypes_as_sdpa():
+    """Under autocast SDPA takes query, key and value of different floating dtypes (all cast to the
+    autocast dtype); so does ours, with SDPA's result."""
+    q, k, v = torch.randn(2, 3, 9, 16), torch.randn(2, 3, 13, 16, dtype=torch.bfloat16), torch.randn(2, 3, 13, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = taskkernels.scaled_dot_product_attention(q, k, v)
+        theirs = F.scaled_dot_product_attention(q, k, v)
+    exact = F.scaled_dot_product_attention(*(t.bfloat16().double() for t in (q, k, v)))
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert_within_reference_error(ours, theirs, exact, torch.bfloat16)

@@ -114,8 +114,8 @@ def _ctc(input, targets, input_lengths, target_lengths, blank, reduction, zero_i
     nll, _ = torch.ops.taskkernels.ctc_nll(
         input, targets, il, tl, blank, from_logits, from_logits, zero_infinity, need_grad, max_tl
     )
-    if not from_logits:
-        nll = nll.to(input.dtype)
+    if not from_logits and not torch.is_autocast_enabled(input.device.type):
+        nll = nll.to(input.dtype)  # F.ctc_loss's dtype; under autocast it stays float32, as F.ctc_loss's
     if reduction == "none":
         return nll.squeeze(0) if unbatched else nll
     if reduction == "sum":

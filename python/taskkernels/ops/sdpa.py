@@ -79,6 +79,12 @@ def scaled_dot_product_attention(
             raise TypeError(f"{_OP}: {name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
             _fail(f"query, key and value must be at least 2-D (..., N, E), got {name} of shape {tuple(t.shape)}")
+    device_type = query.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        # As SDPA under autocast: floating inputs of any mix arrive in the autocast dtype.
+        low = torch.get_autocast_dtype(device_type)
+        query, key, value = (t.to(low) if t.dtype in (torch.float16, torch.bfloat16, torch.float32) else t
+                             for t in (query, key, value))
     if not (query.dtype == key.dtype == value.dtype):
         _fail(f"query, key and value must have the same dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
     L, E = query.shape[-2:]
