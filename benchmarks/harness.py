@@ -71,9 +71,9 @@ class Effort:
 def effort(device: torch.device, quick: bool, headline: bool, budget_s: float | None) -> Effort:
     """--quick: a few calls (checks the harness, not speed). The full suite: 1 s per measurement,
     at least 12 calls on the CPU (60 on a GPU). The headline set: 0.6 s per measurement on the CPU,
-    at least one call per round and one warm-up in the first round only, so that its slowest case
-    (a whole model's training step, up to ~3 s there) costs ~5 calls per provider; on a GPU 0.5 s,
-    at least 9 calls."""
+    at least one call per round and one warm-up in the first round only, so that its slowest cases
+    (a whole model, a generate() call: up to ~1 s there) cost ~4 calls per provider; on a GPU
+    0.5 s, at least 9 calls."""
     if quick:
         return Effort(1, 1, 1, 1, 3, 5, 0.05 if budget_s is None else budget_s)
     cpu = device.type == "cpu"
@@ -84,9 +84,11 @@ def effort(device: torch.device, quick: bool, headline: bool, budget_s: float | 
                   1.0 if budget_s is None else budget_s)
 
 
-def headline_mode(modes) -> str:
-    """The one mode a headline measures: forward+backward, or forward for inference-only ops."""
-    return "forward+backward" if "forward+backward" in modes else "forward"
+def headline_mode(module) -> str:
+    """The one mode a headline run times for an op's cases module: its HEADLINE_MODE, else
+    forward+backward, or forward for inference-only ops."""
+    modes = getattr(module, "MODES", MODES)
+    return getattr(module, "HEADLINE_MODE", "forward+backward" if "forward+backward" in modes else "forward")
 
 
 def ratio_quantiles(num_ms: list, den_ms: list, qs=(0.2, 0.8)) -> list[float]:

@@ -7,7 +7,7 @@
     python -m benchmarks.run --all --record   # published numbers: append to benchmarks/results/
 
 The headline set is one representative case per op (its ``HEADLINE``), forward+backward (forward
-for inference-only ops), and one whole-model case per model family. ``--all`` runs every case in
+for inference-only ops), and one whole-model case per model family, in forward. ``--all`` runs every case in
 every mode; ``--cases`` picks cases by name from every case; ``--modes`` overrides the modes;
 ``--ops`` narrows either set.
 
@@ -119,7 +119,7 @@ def run_op(op: str, device: torch.device, modes, plan: Effort, quick: bool = Fal
     baseline = getattr(module, "BASELINE", REFERENCE)
     op_modes = getattr(module, "MODES", MODES)
     if modes is None:
-        modes = [headline_mode(op_modes)] if headline else list(op_modes)
+        modes = [headline_mode(module)] if headline else list(op_modes)
     modes = [m for m in modes if m in op_modes]
     rows = []
     # Providers are timed in turns (several rounds, each a slice of the budget) so that a slow

@@ -44,6 +44,9 @@ CPU_CASES = {
 }
 QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
 HEADLINE = {"cuda": list(GPU_CASES), "cpu": list(CPU_CASES)}  # one case per model family already
+# The headline times whole models in forward (inference): their training steps would more than
+# double its time on a 2-core CPU (nine models, up to ~3 s a step there); --all times both.
+HEADLINE_MODE = "forward"
 
 
 def _pair(kind, size, hidden, layers, heads, dtype, device):
