@@ -24,13 +24,16 @@ struct Dims {
 
 Dims check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                      const std::optional<Tensor>& key_padding_mask,
-                     const std::optional<Tensor>& attn_bias, std::optional<double> scale, const char* op = kOp) {
+                     const std::optional<Tensor>& attn_bias, std::optional<double> scale, const char* op = kOp,
+                     bool grouped_query = true) {
   TK_CHECK(q.dim() == 4, op, "q must be 4-D (B, H, Nq, D), got shape ", shape_str(q));
   TK_CHECK(is_floating(q.scalar_type()), op, "q must be float16, bfloat16, float32 or float64, got ",
            dtype_name(q.scalar_type()));
   TK_CHECK(q.is_cpu() || q.is_cuda(), op, "q must be on a CPU or CUDA device");
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
   TK_CHECK(D >= 1, op, "q's head dimension must be at least 1, got shape ", shape_str(q));
+  TK_CHECK(grouped_query || (k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(3) == D), op,
+           "k must have shape (B, H, Nk, D) = (", B, ", ", H, ", Nk, ", D, ") to match q, got ", shape_str(k));
   TK_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) >= 1 && H % k.size(1) == 0 && k.size(3) == D, op,
            "k must have shape (B, Hk, Nk, D) = (", B, ", Hk, Nk, ", D, ") with Hk dividing H = ", H,
            " (Hk < H: grouped-query attention) to match q, got ", shape_str(k));
@@ -278,8 +281,7 @@ Tensor pack_attention_mask_cpu(std::optional<Tensor> mask, std::optional<Tensor>
 // and strides as attention's.
 Dims check_masked(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask_bits,
                   std::optional<double> scale) {
-  const Dims d = check_attention(q, k, v, std::nullopt, std::nullopt, scale, kMaskedOp);
-  TK_CHECK(d.Hk == d.H, kMaskedOp, "k and v must have the H = ", d.H, " heads of q, got k of shape ", shape_str(k));
+  const Dims d = check_attention(q, k, v, std::nullopt, std::nullopt, scale, kMaskedOp, /*grouped_query=*/false);
   TK_CHECK(mask_bits.scalar_type() == ScalarType::Long && mask_bits.dim() == 3 && mask_bits.size(0) == d.B &&
                mask_bits.size(1) == d.Nq && mask_bits.size(2) == mask_words(d.Nk),
            kMaskedOp, "mask_bits must be the int64 (B, Nq, ceil(Nk / 64)) = (", d.B, ", ", d.Nq, ", ",

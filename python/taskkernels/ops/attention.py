@@ -81,13 +81,15 @@ def attention(
     )[0]
 
 
-def _check(q, k, v, key_padding_mask, attn_bias, scale):
+def _check(q, k, v, key_padding_mask, attn_bias, scale, op="attention", grouped_query=True):
     """The C++ op's checks for fake tensors (torch.compile, meta)."""
     def need(cond, msg):
-        torch._check(cond, lambda: f"taskkernels.attention: {msg}")
+        torch._check(cond, lambda: f"taskkernels.{op}: {msg}")
 
     need(q.dim() == 4, f"q must be 4-D (B, H, Nq, D), got shape {tuple(q.shape)}")
     B, H, Nq, D = q.shape
+    need(grouped_query or (k.dim() == 4 and (k.shape[0], k.shape[1], k.shape[3]) == (B, H, D)),
+         f"k must have shape (B, H, Nk, D) = ({B}, {H}, Nk, {D}) to match q, got {tuple(k.shape)}")
     need(k.dim() == 4 and (k.shape[0], k.shape[3]) == (B, D) and k.shape[1] >= 1 and H % k.shape[1] == 0,
          f"k must have shape (B, Hk, Nk, D) = ({B}, Hk, Nk, {D}) with Hk dividing H = {H} "
          f"(Hk < H: grouped-query attention) to match q, got {tuple(k.shape)}")

@@ -88,8 +88,7 @@ def _check(q, k, v, mask_bits, scale):
     """The C++ op's checks for fake tensors (torch.compile, meta)."""
     from .attention import _check as check_attention
 
-    B, H, Nq, D = check_attention(q, k, v, None, None, scale)
-    _need(k.shape[1] == H, f"k and v must have the H = {H} heads of q, got k of shape {tuple(k.shape)}")
+    B, H, Nq, D = check_attention(q, k, v, None, None, scale, op="masked_attention", grouped_query=False)
     W = (k.shape[2] + 63) // 64
     _need(mask_bits.dtype == torch.int64 and tuple(mask_bits.shape) == (B, Nq, W),
           f"mask_bits must be the int64 (B, Nq, ceil(Nk / 64)) = ({B}, {Nq}, {W}) packing of the mask "
