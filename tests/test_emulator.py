@@ -112,6 +112,78 @@ def test_wmma_misaligned_pointer_is_a_fault():
     assert code == LAUNCH_FAILURE and "256-bit aligned" in text
 
 
+def ldmatrix_expected(matrices, trans):
+    """Register i of lane l as lo + 256 hi for selftest.cu's ldmatrix_layouts: lane 8i + j names row
+    (3j + 1) % 8 of the 8x8 matrix 3 - i of m[k][r][c] = 64k + 8r + c."""
+    m = np.arange(256).reshape(4, 8, 8)
+    seen = np.stack([m[3 - i][[(3 * j + 1) % 8 for j in range(8)]] for i in range(matrices)])
+    out = np.zeros((matrices, 32))
+    for i in range(matrices):
+        mat = seen[i].T if trans else seen[i]
+        for lane in range(32):
+            r, c = lane // 4, 2 * (lane % 4)
+            out[i, lane] = mat[r, c] + 256 * mat[r, c + 1]
+    return out.reshape(-1)
+
+
+def test_ldmatrix_layouts_plain_and_transposed():
+    code, text, out, _ = run("ldmatrix_x4")
+    assert code == SUCCESS, text
+    np.testing.assert_array_equal(out[:128], ldmatrix_expected(4, False))
+    np.testing.assert_array_equal(out[128:256], ldmatrix_expected(4, True))
+    # .x2 reads matrices 0 and 1 only; lanes 16-31 pass a global address, which it ignores.
+    code, text, out, _ = run("ldmatrix_x2")
+    assert code == SUCCESS, text
+    np.testing.assert_array_equal(out[:64], ldmatrix_expected(2, False))
+    np.testing.assert_array_equal(out[64:128], ldmatrix_expected(2, True))
+
+
+def test_ldmatrix_needs_aligned_shared_rows():
+    code, text, _, _ = run("ldmatrix_misaligned")
+    assert code == LAUNCH_FAILURE and "lane 5" in text and "16-byte aligned" in text and "ldmatrix" in text
+    code, text, _, _ = run("ldmatrix_global")
+    assert code == LAUNCH_FAILURE and "not in this block's shared memory" in text
+
+
+def test_cp_async_zero_fill_and_wait_group():
+    data = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    code, text, out, _ = run("cp_async_groups", data)
+    assert code == SUCCESS, text
+    got = out.view(np.uint8)
+    src = data.view(np.uint8)
+    for lane in range(17):
+        chunk = got[16 * lane : 16 * lane + 16]
+        # Source size `lane`: its first bytes copied, the rest zero.
+        np.testing.assert_array_equal(chunk[:lane], src[16 * lane : 16 * lane + lane])
+        assert not chunk[lane:].any()
+    # The second group was still pending at wait_group 1: its destination reads as poison.
+    assert (got[272:544] == 0xFF).all()
+    # After wait_group 0 it has landed.
+    np.testing.assert_array_equal(got[544:816], src[272:544])
+
+
+def test_cp_async_rejects_what_a_device_rejects():
+    code, text, _, _ = run("cp_async_misaligned")
+    assert code == LAUNCH_FAILURE and "cp.async" in text and "not 16-byte aligned" in text
+    code, text, _, _ = run("cp_async_global_destination")
+    assert code == LAUNCH_FAILURE and "not in this block's shared memory" in text
+    code, text, _, _ = run("cp_async_source_size_17")
+    assert code == LAUNCH_FAILURE and "source size 17" in text
+
+
+def test_cp_async_data_is_shared_only_after_wait_and_barrier():
+    data = np.random.default_rng(1).standard_normal(512).astype(np.float32)
+    code, text, out, _ = run("cp_async_barrier_after_wait", data)
+    assert code == SUCCESS, text
+    np.testing.assert_array_equal(out[:64], data[: 4 * 64 : 4][(np.arange(64) + 33) % 64])
+    if not taskkernels._C._emu_config()["race_check"]:
+        pytest.skip("the race detector is in the race build (EMU_CHECK=race bash scripts/emulate.sh)")
+    # Another thread's copy read with no barrier after its wait, or with the barrier before it.
+    for name in ("cp_async_no_barrier", "cp_async_barrier_before_wait"):
+        code, text, _, _ = run(name, data)
+        assert code == LAUNCH_FAILURE and "shared-memory race" in text and "cp_async_neighbour" in text, (name, text)
+
+
 def test_race_detector_reports_a_missing_barrier():
     if not taskkernels._C._emu_config()["race_check"]:
         pytest.skip("the race detector is in the race build (EMU_CHECK=race bash scripts/emulate.sh)")

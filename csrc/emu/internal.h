@@ -36,6 +36,19 @@ struct Thr {
 
 struct Launch;
 
+// One thread's cp.async state: queued copies, where each committed group ends, and the copies the
+// last wait took (kept until the thread's next async call, while emu/ptx.h writes them).
+struct AsyncQueue {
+  std::vector<AsyncCopy> copies;
+  std::vector<size_t> group_ends;  // copies.size() at each commit, oldest first
+  std::vector<AsyncCopy> done;
+  void clear() {
+    copies.clear();
+    group_ends.clear();
+    done.clear();
+  }
+};
+
 // One OS thread that runs blocks.
 struct Worker {
   Fiber sched;
@@ -53,6 +66,8 @@ struct Worker {
   bool failed = false;
   std::string error;
   std::vector<unsigned char> dyn;  // dynamic shared memory of the running block
+  std::vector<AsyncQueue> async;   // per thread of the running block, once one used cp.async
+  bool async_used = false;
   unsigned char* tls_lo = nullptr;  // static __shared__ variables: the kernels library's TLS block
   size_t tls_size = 0;
   uint64_t rng = 0;

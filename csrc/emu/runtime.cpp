@@ -395,6 +395,10 @@ void run_block(Worker& w, Launch& L, uint32_t linear_block) {
     w.tls_size = 0;
   }
   w.dyn.assign(L.smem, kPoison);
+  if (w.async_used) {  // copies a previous block left pending never land in this one
+    for (AsyncQueue& q : w.async) q.clear();
+    w.async_used = false;
+  }
   race_begin_block(w);
 
   if (w.thr.size() < size_t(w.n)) w.thr.resize(w.n);
@@ -751,6 +755,50 @@ void fault(const char* file, int line, const char* fmt, ...) {
 unsigned char* dynamic_shared() {
   Worker& w = *t_worker;
   return w.dyn.empty() ? nullptr : w.dyn.data();
+}
+
+bool is_shared(const void* p, size_t bytes) {
+  const Worker& w = *t_worker;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto inside = [&](const unsigned char* lo, size_t size) {
+    const auto l = reinterpret_cast<uintptr_t>(lo);
+    return lo && a >= l && a - l <= size && bytes <= size - (a - l);
+  };
+  return inside(w.tls_lo, w.tls_size) || (!w.dyn.empty() && inside(w.dyn.data(), w.dyn.size()));
+}
+
+static AsyncQueue& async_queue() {
+  Worker& w = *t_worker;
+  const Thr& t = me();
+  if (!w.async_used) {
+    if (w.async.size() < size_t(w.n)) w.async.resize(w.n);
+    w.async_used = true;
+  }
+  AsyncQueue& q = w.async[t.linear];
+  q.done.clear();
+  return q;
+}
+
+void async_issue(const AsyncCopy& c) { async_queue().copies.push_back(c); }
+
+void async_commit() {
+  AsyncQueue& q = async_queue();
+  q.group_ends.push_back(q.copies.size());
+}
+
+size_t async_complete(int pending, const AsyncCopy** copies) {
+  AsyncQueue& q = async_queue();
+  const size_t groups = q.group_ends.size();
+  const size_t finish = pending < 0 ? groups : groups - std::min(groups, size_t(pending));
+  *copies = nullptr;
+  if (finish == 0) return 0;
+  const size_t n = q.group_ends[finish - 1];
+  q.done.assign(q.copies.begin(), q.copies.begin() + n);
+  q.copies.erase(q.copies.begin(), q.copies.begin() + n);
+  q.group_ends.erase(q.group_ends.begin(), q.group_ends.begin() + finish);
+  for (size_t& e : q.group_ends) e -= n;
+  *copies = q.done.data();
+  return n;
 }
 
 cudaError_t launch_raw(const void* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Body body,

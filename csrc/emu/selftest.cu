@@ -156,6 +156,91 @@ __global__ void wmma_misaligned(const float* in, float* out) {
   out[threadIdx.x] = __half2float(fa.x[0]);
 }
 
+// ldmatrix: a 4 x 8 x 8 array of 16-bit values m[k][r][c] = 64k + 8r + c; lane 8i + j names row
+// (3j + 1) % 8 of matrix 3 - i (so the layout must follow the addresses, not the lanes). Writes
+// register i of lane l, as lo + 256 hi, to out[32 i + l]: x4 then x4.trans (Wide), or x2 then
+// x2.trans, with the lanes the .x2 forms ignore passing a global address.
+template <bool Wide>
+__global__ void ldmatrix_layouts(const float* in, float* out) {
+  __shared__ __align__(16) uint16_t m[4][8][8];
+  const int l = threadIdx.x;
+  for (int idx = l; idx < 256; idx += 32) m[idx / 64][(idx / 8) % 8][idx % 8] = uint16_t(idx);
+  __syncwarp();
+  const void* row = &m[3 - l / 8][(3 * (l % 8) + 1) % 8][0];
+  auto put = [&](int reg, uint32_t v) { out[32 * reg + l] = float(v & 0xffffu) + 256.f * float(v >> 16); };
+  if constexpr (Wide) {
+    uint32_t d[4], t[4];
+    ptx::SM75_U32x4_LDSM_N::copy(d, row);
+    ptx::SM75_U16x8_LDSM_T::copy(t, row);
+    for (int i = 0; i < 4; ++i) put(i, d[i]), put(4 + i, t[i]);
+  } else {
+    if (l >= 16) row = in;
+    uint32_t d[2], t[2];
+    ptx::SM75_U32x2_LDSM_N::copy(d, row);
+    ptx::SM75_U16x4_LDSM_T::copy(t, row);
+    for (int i = 0; i < 2; ++i) put(i, d[i]), put(2 + i, t[i]);
+  }
+}
+
+// ldmatrix with lane 5's row 8 bytes off (Misaligned) or every row in global memory.
+template <bool Misaligned>
+__global__ void ldmatrix_bad_address(const float* in, float* out) {
+  __shared__ __align__(16) uint16_t m[40][8];
+  for (int idx = threadIdx.x; idx < 320; idx += 32) m[idx / 8][idx % 8] = 0;
+  __syncwarp();
+  const void* row = Misaligned ? static_cast<const void*>(&m[threadIdx.x][threadIdx.x == 5 ? 4 : 0])
+                               : static_cast<const void*>(in + 4 * threadIdx.x);
+  uint32_t d[4];
+  ptx::SM75_U32x4_LDSM_N::copy(d, row);
+  out[threadIdx.x] = float(d[0]);
+}
+
+__device__ __forceinline__ void copy_bits(float* dst, const float* src) { std::memcpy(dst, src, 16); }
+
+// cp.async groups, 17 threads: thread l copies in[4l..4l+3] into a with source size l (0..16),
+// commits, copies in[68 + 4l..] into b (16 bytes), commits, waits until one group is pending and
+// writes a (out[0..68)) and b as it is then (out[68..136), still poisoned), then waits for all and
+// writes b again (out[136..204)).
+__global__ void cp_async_groups(const float* in, float* out) {
+  __shared__ __align__(16) float a[17 * 4], b[17 * 4];
+  const int l = threadIdx.x;
+  ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(a + 4 * l, in + 4 * l, l);
+  ptx::cp_async_commit_group();
+  ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(b + 4 * l, in + 68 + 4 * l, 16);
+  ptx::cp_async_commit_group();
+  ptx::cp_async_wait_group<1>();
+  copy_bits(out + 4 * l, a + 4 * l);
+  copy_bits(out + 68 + 4 * l, b + 4 * l);
+  ptx::cp_async_wait_group<0>();
+  copy_bits(out + 136 + 4 * l, b + 4 * l);
+}
+
+// 64 threads each copy 16 bytes into s, wait for them, then read their neighbour's: with a barrier
+// after the wait (Mode 0, correct), with none (1), with the barrier before the wait instead (2).
+template <int Mode>
+__global__ void cp_async_neighbour(const float* in, float* out) {
+  __shared__ __align__(16) float s[64 * 4];
+  const int l = threadIdx.x;
+  ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(s + 4 * l, in + 4 * l, 16);
+  ptx::cp_async_commit_group();
+  if (Mode == 2) __syncthreads();
+  ptx::cp_async_wait_group<0>();
+  if (Mode == 0) __syncthreads();
+  const int n = (l + 33) % 64;
+  out[l] = s[4 * n];
+}
+
+// cp.async operands a device refuses: a destination 8 bytes off, a global destination, a source
+// size of 17.
+template <int Mode>
+__global__ void cp_async_bad(const float* in, float* out) {
+  __shared__ __align__(16) float s[40 * 4];
+  const int l = threadIdx.x;
+  void* dst = Mode == 0 ? static_cast<void*>(s + 4 * l + 2) : Mode == 1 ? static_cast<void*>(out + 4 * l) : s + 4 * l;
+  ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(dst, in + 4 * l, Mode == 2 ? 17 : 16);
+  ptx::cp_async_wait_group<0>();
+}
+
 __global__ void trivial(float* out) { out[threadIdx.x] = 1.f; }
 
 }  // namespace
@@ -189,5 +274,16 @@ cudaError_t tkemu_selftest(const char* name, const float* in, float* out, cudaSt
   if (n == "wmma_f16") return launch_kernel(wmma_f16, 1, 32, 0, stream, in, out);
   if (n == "wmma_assumed_layout") return launch_kernel(wmma_assumed_layout, 1, 32, 0, stream, in, out);
   if (n == "wmma_misaligned") return launch_kernel(wmma_misaligned, 1, 32, 0, stream, in, out);
+  if (n == "ldmatrix_x4") return launch_kernel(ldmatrix_layouts<true>, 1, 32, 0, stream, in, out);
+  if (n == "ldmatrix_x2") return launch_kernel(ldmatrix_layouts<false>, 1, 32, 0, stream, in, out);
+  if (n == "ldmatrix_misaligned") return launch_kernel(ldmatrix_bad_address<true>, 1, 32, 0, stream, in, out);
+  if (n == "ldmatrix_global") return launch_kernel(ldmatrix_bad_address<false>, 1, 32, 0, stream, in, out);
+  if (n == "cp_async_groups") return launch_kernel(cp_async_groups, 1, 17, 0, stream, in, out);
+  if (n == "cp_async_barrier_after_wait") return launch_kernel(cp_async_neighbour<0>, 1, 64, 0, stream, in, out);
+  if (n == "cp_async_no_barrier") return launch_kernel(cp_async_neighbour<1>, 1, 64, 0, stream, in, out);
+  if (n == "cp_async_barrier_before_wait") return launch_kernel(cp_async_neighbour<2>, 1, 64, 0, stream, in, out);
+  if (n == "cp_async_misaligned") return launch_kernel(cp_async_bad<0>, 1, 32, 0, stream, in, out);
+  if (n == "cp_async_global_destination") return launch_kernel(cp_async_bad<1>, 1, 32, 0, stream, in, out);
+  if (n == "cp_async_source_size_17") return launch_kernel(cp_async_bad<2>, 1, 32, 0, stream, in, out);
   return cudaErrorInvalidValue;
 }

@@ -1,5 +1,6 @@
-// Host implementations of the PTX wrappers in kernels/common/ptx.cuh for the emulated GPU: each a
-// warp collective with the PTX ISA's fragment layouts (g = lane / 4, t = lane % 4).
+// Host implementations of the PTX wrappers in kernels/common/ptx.cuh for the emulated GPU: mma and
+// ldmatrix as warp collectives with the PTX ISA's fragment layouts (g = lane / 4, t = lane % 4);
+// cp.async as a per-thread queue whose data lands only at the wait.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -77,6 +78,91 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
                          const char* file, int line) {
   MmaLane mine{c, {a[0], a[1], a[2], a[3]}, {b0, b1}};
   ::emu::warp_collective(0xffffffffu, what, &mine, mma_m16n8k16_combine<E>, nullptr, file, line);
+}
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}{,.trans}.shared.b16: lanes 8i..8i+7 give the row addresses
+// of matrix i (16 bytes each, 16-byte aligned, in shared memory). Each lane reads the row it
+// names (so the race build sees the reads as that lane's); the collective hands them out. Without
+// .trans lane l receives (l/4, 2(l%4)) in the low and (l/4, 2(l%4)+1) in the high half of register
+// i; with .trans, (2(l%4), l/4) and (2(l%4)+1, l/4).
+struct LdmatrixLane {
+  uint32_t row[4];  // the 16 bytes at this lane's address (lanes < 8 * matrices)
+  uint32_t out[4];
+};
+
+template <int M, bool Trans>
+inline void ldmatrix_combine(void* const* lanes, unsigned, const void*) {
+  uint32_t out[32][M];
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < M; ++i) {
+      if (!Trans) {
+        out[l][i] = static_cast<const LdmatrixLane*>(lanes[8 * i + l / 4])->row[l % 4];
+      } else {
+        // Element (r, c) of matrix i is half (c % 2) of word c / 2 of the row lane 8i + r gave.
+        auto elem = [&](int r, int c) {
+          return (static_cast<const LdmatrixLane*>(lanes[8 * i + r])->row[c / 2] >> (16 * (c % 2))) & 0xffffu;
+        };
+        out[l][i] = elem(2 * (l % 4), l / 4) | (elem(2 * (l % 4) + 1, l / 4) << 16);
+      }
+    }
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < M; ++i) static_cast<LdmatrixLane*>(lanes[l])->out[i] = out[l][i];
+}
+
+template <int M, bool Trans>
+inline void ldmatrix(uint32_t (&d)[M], const void* row_addr, const char* what, const char* file, int line) {
+  static_assert(M == 1 || M == 2 || M == 4, "ldmatrix loads 1, 2 or 4 matrices");
+  LdmatrixLane mine{};
+  const int lane = ::emu::lane_id();
+  if (lane < 8 * M) {  // the other lanes' addresses are ignored
+    if (reinterpret_cast<uintptr_t>(row_addr) & 15)
+      ::emu::fault(file, line, "%s: lane %d's row address %p is not 16-byte aligned", what, lane, row_addr);
+    if (!::emu::is_shared(row_addr, 16))
+      ::emu::fault(file, line, "%s: lane %d's row address %p is not in this block's shared memory", what, lane,
+                   row_addr);
+    const auto* p = static_cast<const uint32_t*>(row_addr);
+    for (int w = 0; w < 4; ++w) mine.row[w] = p[w];
+  }
+  ::emu::warp_collective(0xffffffffu, what, &mine, ldmatrix_combine<M, Trans>, nullptr, file, line);
+  for (int i = 0; i < M; ++i) d[i] = mine.out[i];
+}
+
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: reads the first src_bytes bytes of src
+// now (zeros for the rest) and poisons dst (0xff: NaN in every float format), so a read before
+// the wait shows; the data lands when a wait_group takes its group. The poisoning and the landing
+// are plain stores of the issuing thread, which the race build checks against other threads'
+// accesses like any other store.
+inline void cp_async_16(void* dst, const void* src, int src_bytes, const char* what, const char* file, int line) {
+  if (src_bytes < 0 || src_bytes > 16) ::emu::fault(file, line, "%s: source size %d is not in 0..16", what, src_bytes);
+  if (reinterpret_cast<uintptr_t>(dst) & 15)
+    ::emu::fault(file, line, "%s: shared destination %p is not 16-byte aligned", what, dst);
+  if (reinterpret_cast<uintptr_t>(src) & 15)
+    ::emu::fault(file, line, "%s: global source %p is not 16-byte aligned", what, src);
+  if (!::emu::is_shared(dst, 16))
+    ::emu::fault(file, line, "%s: destination %p is not in this block's shared memory", what, dst);
+  if (::emu::is_shared(src, 1)) ::emu::fault(file, line, "%s: source %p is in shared memory, not global", what, src);
+  ::emu::AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  for (int i = 0; i < 16; ++i) c.data[i] = i < src_bytes ? s[i] : 0;
+  auto* d = static_cast<uint32_t*>(dst);
+  for (int w = 0; w < 4; ++w) d[w] = 0xffffffffu;
+  ::emu::async_issue(c);
+}
+
+inline void cp_async_commit() { ::emu::async_commit(); }
+
+// cp.async.wait_group n (n < 0: cp.async.wait_all, which also commits the open group).
+inline void cp_async_wait(int pending) {
+  if (pending < 0) ::emu::async_commit();
+  const ::emu::AsyncCopy* copies = nullptr;
+  const size_t n = ::emu::async_complete(pending < 0 ? 0 : pending, &copies);
+  for (size_t k = 0; k < n; ++k) {
+    uint32_t w[4];
+    std::memcpy(w, copies[k].data, 16);
+    auto* d = reinterpret_cast<uint32_t*>(copies[k].dst);
+    for (int i = 0; i < 4; ++i) d[i] = w[i];
+  }
 }
 
 }  // namespace emu::ptx

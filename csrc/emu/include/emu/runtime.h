@@ -44,6 +44,22 @@ unsigned active_mask();
 
 // ---- shared memory --------------------------------------------------------------------------
 unsigned char* dynamic_shared();  // this block's dynamic shared memory (launch's smem bytes)
+// Whether [p, p + bytes) lies inside the running block's shared memory (its static __shared__
+// variables or its dynamic buffer).
+bool is_shared(const void* p, size_t bytes);
+
+// ---- asynchronous copies (cp.async; emu/ptx.h moves the data) ------------------------------
+// The runtime only keeps each thread's queue; the bytes are read at issue and written at the wait
+// by inline code in emu/ptx.h, so that the race build sees the writes as the waiting thread's.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+};
+void async_issue(const AsyncCopy& c);  // queues a copy of the running thread in its open group
+void async_commit();                   // closes the running thread's open group (may be empty)
+// Takes the running thread's copies of every committed group except the newest `pending`, in
+// issue order: *copies points at them until this thread's next async call. Returns the count.
+size_t async_complete(int pending, const AsyncCopy** copies);
 
 // ---- launches -------------------------------------------------------------------------------
 using Body = void (*)(const void* ctx);
