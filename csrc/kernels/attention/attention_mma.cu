@@ -4,10 +4,18 @@
 // (P goes from the S accumulators straight into the A operand of the PV product). Nothing
 // Nq x Nk touches global memory.
 //
-// Fragment layouts of mma.m16n8k16 (kernels/common/ptx.cuh; g = lane / 4, t = lane % 4):
+// The load pipeline: Q, K and V tiles arrive by cp.async (16 bytes a copy, zero-filled past the
+// head dimension), K and V double-buffered so that tile n + 1 is in flight while tile n is
+// computed; operands go from shared memory to registers by ldmatrix (x4 for Q and K, x4.trans for
+// V); the output tile is staged through shared memory and stored 16 bytes at a time. Rows that
+// are strided or unaligned in the head dimension fall back to element loads and stores.
+//
+// Fragment layouts of mma.m16n8k16 and ldmatrix (kernels/common/ptx.cuh; g = lane / 4, t = lane % 4):
 //   A (16x16, row):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
 //   B (16x8,  col):  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
 //   C (16x8, f32):   c0 c1 (g, 2t..2t+1)  c2 c3 (g+8, 2t..2t+1)
+//   ldmatrix: lane l names row l % 8 of 8x8 matrix l / 8; register i of lane l holds matrix i's
+//   (g, 2t..2t+1), or with .trans its (2t..2t+1, g).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -53,53 +61,74 @@ struct Mma<__nv_bfloat16> {
   }
 };
 
-// Two consecutive 16-bit elements of a shared-memory row as one register.
-template <class T>
-__device__ __forceinline__ uint32_t ld_pair(const T* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-// Two 16-bit elements from different rows (same column) as one register: lo, hi.
-template <class T>
-__device__ __forceinline__ uint32_t ld_col_pair(const T* lo, const T* hi) {
-  const uint32_t a = *reinterpret_cast<const uint16_t*>(lo);
-  const uint32_t b = *reinterpret_cast<const uint16_t*>(hi);
-  return a | (b << 16);
-}
-
-// rows x HD tile from a (n, d) strided matrix into shared memory (row stride LD), zero outside
-// [0, n_valid) x [0, D). 16-byte loads where the head dimension is contiguous and aligned.
-template <class T, int HD, int LD>
+// rows x HD tile (kBlockM rows from row0) of a (n, d) strided matrix into shared memory (row
+// stride LD), zero outside [0, n_valid) x [0, D). Chunks of 8 elements whose source is contiguous
+// and 16-byte aligned go by cp.async (the source size cut at D); the others by element loads,
+// stored at once. The caller commits the group and waits for it.
+template <class T, int HD>
 __device__ __forceinline__ void load_tile(T* __restrict__ dst, const T* __restrict__ src, int64_t row0,
                                           int64_t n_valid, int64_t D, int64_t s_n, int64_t s_d) {
-  constexpr int V = 8, PER_ROW = HD / V;
+  constexpr int LD = HD + 8, V = 8, PER_ROW = HD / V;
   const T zero = Mma<T>::from_float(0.f);
+#pragma unroll
   for (int idx = threadIdx.x; idx < kBlockM * PER_ROW; idx += kThreads) {
     const int r = idx / PER_ROW, c = (idx % PER_ROW) * V;
     const int64_t n = row0 + r;
     T* out = dst + r * LD + c;
-    if (n < n_valid) {
+    if (n < n_valid && c < D) {
       const T* in = src + n * s_n + c * s_d;
-      if (s_d == 1 && c + V <= D && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
-        *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(in);
+      if (s_d == 1 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
+        const int bytes = int(min(int64_t(V), D - c)) * int(sizeof(T));
+        ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(out, in, bytes);
         continue;
       }
 #pragma unroll
       for (int e = 0; e < V; ++e) out[e] = (c + e < D) ? in[e * s_d] : zero;
     } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) out[e] = zero;
+      *reinterpret_cast<uint4*>(out) = make_uint4(0u, 0u, 0u, 0u);
     }
   }
 }
 
+// The first key tile from n0 on that some query of the block can see, or kend if none: with a
+// per-query mask, tiles that every query of the block blocks are skipped (no loads, no math).
+// Sets this thread's blocked-key words for its two rows and whether its whole warp blocks the
+// tile. Block-uniform; when it returns a tile, at least one __syncthreads has passed since the
+// call, so the buffer the tile goes into is no longer read.
+__device__ __forceinline__ int64_t next_tile(int64_t n0, int64_t kend, const uint64_t* mb, int64_t mb_row,
+                                             const int64_t (&row)[2], int64_t Nq, uint64_t (&blocked)[2],
+                                             bool& warp_skip) {
+  blocked[0] = blocked[1] = 0;
+  warp_skip = false;
+  if (n0 >= kend) return kend;
+  if (!mb) {
+    __syncthreads();
+    return n0;
+  }
+  for (; n0 < kend; n0 += kBlockN) {
+    const int64_t nvalid = min(int64_t(kBlockN), kend - n0);
+    const uint64_t want = nvalid >= 64 ? ~uint64_t(0) : (uint64_t(1) << nvalid) - 1;
+    // Rows past Nq count as blocking everything, so they never keep a tile alive.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) blocked[r] = row[r] < Nq ? mb[row[r] * mb_row + n0 / 64] : ~uint64_t(0);
+    const bool mine = (blocked[0] & want) == want && (blocked[1] & want) == want;
+    if (!__syncthreads_and(mine)) {
+      warp_skip = __all_sync(0xffffffffu, mine);
+      return n0;
+    }
+  }
+  return kend;
+}
+
 template <class T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams p) {
-  constexpr int LD = HD + 8;  // +16 bytes per row: rows stay 16-byte aligned, fewer bank conflicts
-  constexpr int KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kBlockN / 8;
+  constexpr int LD = HD + 8;  // +16 bytes per row: rows stay 16-byte aligned, ldmatrix conflict-free
+  constexpr int KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kBlockN / 8, TILE = kBlockM * LD;
+  static_assert(HD % 16 == 0 && DTILES % 2 == 0 && NTILES % 2 == 0, "ldmatrix x4 loads two 8-wide tiles");
   unsigned char* smem_raw = dynamic_smem();
-  T* Qs = reinterpret_cast<T*>(smem_raw);
-  T* Ks = Qs + kBlockM * LD;
-  T* Vs = Ks + kBlockN * LD;
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // the Q tile, later the output tile
+  T* Ks = Qs + TILE;                       // two K buffers, then two V buffers
+  T* Vs = Ks + 2 * TILE;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, m0 = int64_t(blockIdx.x) * kBlockM;
@@ -110,20 +139,6 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
   const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
   const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
-
-  load_tile<T, HD, LD>(Qs, qg, m0, Nq, D, p.q_stride[2], p.q_stride[3]);
-  __syncthreads();
-  uint32_t qa[KSTEPS][4];
-  {
-    const T* q0 = Qs + (warp * 16 + g) * LD + 2 * t;
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      qa[ks][0] = ld_pair(q0 + ks * 16);
-      qa[ks][1] = ld_pair(q0 + 8 * LD + ks * 16);
-      qa[ks][2] = ld_pair(q0 + ks * 16 + 8);
-      qa[ks][3] = ld_pair(q0 + 8 * LD + ks * 16 + 8);
-    }
-  }
 
   // This thread's two query rows.
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
@@ -144,148 +159,224 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
   const int64_t last_row = min(Nq, m0 + kBlockM) - 1;
   const int64_t kend = p.causal ? max(int64_t(0), min(Nk, last_row + shift + 1)) : Nk;
   const bool* kpm = p.key_padding ? p.key_padding + b * p.kp_stride[0] : nullptr;
+  const int64_t kp_stride = p.kp_stride[1];
+  // The bias rows of this thread's two queries, computed once (rows past Nq read none).
+  int64_t bias_row[2] = {0, 0};
+  if (p.bias)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (row[r] < Nq) bias_row[r] = b * p.bias_stride[0] + h * p.bias_stride[1] + row[r] * p.bias_stride[2];
+  const int64_t bias_col = p.bias_stride[3];
 
-  // Per-query mask (masked attention): this thread's rows' 64-bit words of blocked keys, one per
-  // key tile (kBlockN == 64). Rows past Nq count as blocking everything, so they never keep a
-  // tile alive.
+  // Per-query mask (masked attention): one 64-bit word of blocked keys per row and key tile.
   const uint64_t* mb = p.mask_bits ? p.mask_bits + b * p.mb_stride[0] : nullptr;
   static_assert(kBlockN == 64, "a key tile is one word of mask bits");
 
-  for (int64_t n0 = 0; n0 < kend; n0 += kBlockN) {
-    uint64_t blocked[2] = {0, 0};
-    bool warp_skip = false;
-    if (mb) {
-      const int64_t nvalid = min(int64_t(kBlockN), kend - n0);
-      const uint64_t want = nvalid >= 64 ? ~uint64_t(0) : (uint64_t(1) << nvalid) - 1;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) blocked[r] = row[r] < Nq ? mb[row[r] * p.mb_stride[1] + n0 / 64] : ~uint64_t(0);
-      const bool mine = (blocked[0] & want) == want && (blocked[1] & want) == want;
-      // Every query of the block blocks every key of the tile: skip its loads and math (the
-      // barrier also retires the previous tile, as the plain __syncthreads below does).
-      if (__syncthreads_and(mine)) continue;
-      warp_skip = __all_sync(0xffffffffu, mine);
-    } else {
-      __syncthreads();  // everyone is done with the previous K/V tile
-    }
-    load_tile<T, HD, LD>(Ks, kg, n0, kend, D, p.k_stride[2], p.k_stride[3]);
-    load_tile<T, HD, LD>(Vs, vg, n0, kend, D, p.v_stride[2], p.v_stride[3]);
+  // Prologue: Q (one group) and the first K/V tile (the next), then Q's fragments by ldmatrix
+  // while K/V are in flight.
+  uint64_t blocked[2];
+  bool warp_skip;
+  int64_t n0 = next_tile(0, kend, mb, p.mb_stride[1], row, Nq, blocked, warp_skip);
+  uint32_t qa[KSTEPS][4];
+  if (n0 < kend) {
+    load_tile<T, HD>(Qs, qg, m0, Nq, D, p.q_stride[2], p.q_stride[3]);
+    ptx::cp_async_commit_group();
+    load_tile<T, HD>(Ks, kg, n0, kend, D, p.k_stride[2], p.k_stride[3]);
+    load_tile<T, HD>(Vs, vg, n0, kend, D, p.v_stride[2], p.v_stride[3]);
+    ptx::cp_async_commit_group();
+    ptx::cp_async_wait_group<1>();
     __syncthreads();
-    if (warp_skip) continue;  // this warp's 16 queries block the whole tile
+    // A fragment of rows warp*16.., columns 16ks..: matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15).
+    const T* q0 = Qs + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) ptx::SM75_U32x4_LDSM_N::copy(qa[ks], q0 + ks * 16);
+  }
 
-    // S = Q K^T for this warp's 16 rows x 64 keys.
-    float s[NTILES][4];
-#pragma unroll
-    for (int nt = 0; nt < NTILES; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-      const T* k0 = Ks + (nt * 8 + g) * LD + 2 * t;
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) Mma<T>::mma(s[nt], qa[ks], ld_pair(k0 + ks * 16), ld_pair(k0 + ks * 16 + 8));
+  // This lane's row addresses for ldmatrix: K (non-transposed, keys 0-7 | 8-15 of a 16-key pair by
+  // lane / 16, head columns 0-7 | 8-15 by (lane / 8) % 2) and V (.trans, keys by (lane / 8) % 2,
+  // head columns by lane / 16).
+  const int k_ld = ((lane / 16) * 8 + (lane % 8)) * LD + ((lane / 8) % 2) * 8;
+  const int v_ld = (((lane / 8) % 2) * 8 + (lane % 8)) * LD + (lane / 16) * 8;
+
+  int buf = 0;
+  while (n0 < kend) {
+    // Start the next visible tile into the other buffer (its readers retired at next_tile's
+    // barrier); every thread commits a group per tile, empty or not, so that waiting for all but
+    // the newest one means this tile.
+    uint64_t next_blocked[2];
+    bool next_skip;
+    const int64_t n1 = next_tile(n0 + kBlockN, kend, mb, p.mb_stride[1], row, Nq, next_blocked, next_skip);
+    if (n1 < kend) {
+      load_tile<T, HD>(Ks + (buf ^ 1) * TILE, kg, n1, kend, D, p.k_stride[2], p.k_stride[3]);
+      load_tile<T, HD>(Vs + (buf ^ 1) * TILE, vg, n1, kend, D, p.v_stride[2], p.v_stride[3]);
     }
+    ptx::cp_async_commit_group();
+    ptx::cp_async_wait_group<1>();
+    __syncthreads();  // this tile's copies, from every thread, are in
 
-    // Scale to base 2, add the bias, hide what is masked.
-    const bool need_mask = n0 + kBlockN > kend || kpm || p.bias || mb ||
-                           (p.causal && n0 + kBlockN - 1 > m0 + shift);
+    if (!warp_skip) {  // else this warp's 16 queries block the whole tile
+      const T* Kb = Ks + buf * TILE;
+      const T* Vb = Vs + buf * TILE;
+
+      // S = Q K^T for this warp's 16 rows x 64 keys.
+      float s[NTILES][4];
 #pragma unroll
-    for (int nt = 0; nt < NTILES; ++nt)
+      for (int nt = 0; nt < NTILES; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * sscale;
-        if (need_mask) {
-          const int64_t i = row[e / 2], j = n0 + nt * 8 + 2 * t + (e % 2);
-          if (j >= kend || (p.causal && j > i + shift) || (kpm && kpm[j * p.kp_stride[1]]) ||
-              ((blocked[e / 2] >> (j - n0)) & 1)) {
+        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+        for (int np = 0; np < NTILES / 2; ++np) {
+          uint32_t kb[4];  // b0 b1 of key tile 2np, then of 2np + 1
+          ptx::SM75_U32x4_LDSM_N::copy(kb, Kb + np * 16 * LD + ks * 16 + k_ld);
+          Mma<T>::mma(s[2 * np], qa[ks], kb[0], kb[1]);
+          Mma<T>::mma(s[2 * np + 1], qa[ks], kb[2], kb[3]);
+        }
+
+      // What this thread's rows may see of the tile, as one 64-bit word per row, built once per
+      // tile: keys past kend, key padding (one ballot per 32 keys), the per-query mask and the
+      // causal diagonal. Full tiles of unmasked attention skip it.
+      const bool need_mask = n0 + kBlockN > kend || kpm || mb || (p.causal && n0 + kBlockN - 1 > m0 + shift);
+      uint64_t visible[2] = {~uint64_t(0), ~uint64_t(0)};
+      if (need_mask) {
+        const int64_t nvalid = kend - n0;
+        uint64_t keys = nvalid >= 64 ? ~uint64_t(0) : (uint64_t(1) << nvalid) - 1;
+        if (kpm) {
+          const int64_t j0 = n0 + lane, j1 = n0 + 32 + lane;
+          const uint32_t pad0 = __ballot_sync(0xffffffffu, j0 < kend && kpm[j0 * kp_stride]);
+          const uint32_t pad1 = __ballot_sync(0xffffffffu, j1 < kend && kpm[j1 * kp_stride]);
+          keys &= ~(uint64_t(pad0) | (uint64_t(pad1) << 32));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          visible[r] = keys & ~blocked[r];
+          if (p.causal) {  // keys j <= i + shift: offsets 0..last within the tile
+            const int64_t last = row[r] + shift - n0;
+            visible[r] &= last >= 63 ? ~uint64_t(0) : last < 0 ? uint64_t(0) : (uint64_t(2) << last) - 1;
+          }
+        }
+      }
+
+      // Scale to base 2, add the bias, hide what is not visible.
+#pragma unroll
+      for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2, col = nt * 8 + 2 * t + (e % 2);
+          float x = s[nt][e] * sscale;
+          if (need_mask && !((visible[r] >> col) & 1)) {
             x = -INFINITY;
-          } else if (p.bias && i < Nq) {
-            const int64_t idx = b * p.bias_stride[0] + h * p.bias_stride[1] + i * p.bias_stride[2] + j * p.bias_stride[3];
+          } else if (p.bias && row[r] < Nq) {
+            const int64_t idx = bias_row[r] + (n0 + col) * bias_col;
             const float bv = p.bias_is_float32 ? static_cast<const float*>(p.bias)[idx]
                                                : Mma<T>::to_float(static_cast<const T*>(p.bias)[idx]);
             x += bv * kLog2e;
           }
+          s[nt][e] = x;
         }
-        s[nt][e] = x;
+
+      // Online softmax: row maxima across the quad of threads that share a row.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NTILES; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(m_run[r], mx);
+        // With nothing visible yet (mnew = -inf) every p is 0 and alpha is irrelevant (O = 0).
+        const float base = mnew == -INFINITY ? 0.f : mnew;
+        const float alpha = m_run[r] == -INFINITY ? 0.f : exp2f(m_run[r] - base);
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NTILES; ++nt) {
+          s[nt][2 * r] = exp2f(s[nt][2 * r] - base);
+          s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - base);
+          sum += s[nt][2 * r] + s[nt][2 * r + 1];
+        }
+        l_run[r] = l_run[r] * alpha + sum;  // this thread's share; the quad is summed at the end
+        m_run[r] = mnew;
+        if (dropout && row[r] < Nq) {
+          const uint64_t base = (bh_index + uint64_t(row[r])) * uint64_t(Nk);
+#pragma unroll
+          for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int64_t j = n0 + nt * 8 + 2 * t + e;
+              const bool keep = j < Nk && dropout_keep(p.seed, threshold, base + uint64_t(j));
+              s[nt][2 * r + e] = keep ? s[nt][2 * r + e] * keep_scale : 0.f;
+            }
+        }
+#pragma unroll
+        for (int dt = 0; dt < DTILES; ++dt) {
+          acc_o[dt][2 * r] *= alpha;
+          acc_o[dt][2 * r + 1] *= alpha;
+        }
       }
 
-    // Online softmax: row maxima across the quad of threads that share a row.
+      // O += P V: the S accumulators of key tiles 2kk and 2kk+1 are the A fragment of keys
+      // 16kk..16kk+15; V's B fragments come transposed by ldmatrix, two head tiles at a time.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const uint32_t pa[4] = {
+            Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
+            Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int nt = 0; nt < NTILES; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mnew = fmaxf(m_run[r], mx);
-      // With nothing visible yet (mnew = -inf) every p is 0 and alpha is irrelevant (O = 0).
-      const float base = mnew == -INFINITY ? 0.f : mnew;
-      const float alpha = m_run[r] == -INFINITY ? 0.f : exp2f(m_run[r] - base);
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < NTILES; ++nt) {
-        s[nt][2 * r] = exp2f(s[nt][2 * r] - base);
-        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - base);
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      l_run[r] = l_run[r] * alpha + sum;  // this thread's share; the quad is summed at the end
-      m_run[r] = mnew;
-      if (dropout && row[r] < Nq) {
-        const uint64_t base = (bh_index + uint64_t(row[r])) * uint64_t(Nk);
-#pragma unroll
-        for (int nt = 0; nt < NTILES; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t j = n0 + nt * 8 + 2 * t + e;
-            const bool keep = j < Nk && dropout_keep(p.seed, threshold, base + uint64_t(j));
-            s[nt][2 * r + e] = keep ? s[nt][2 * r + e] * keep_scale : 0.f;
-          }
-      }
-#pragma unroll
-      for (int dt = 0; dt < DTILES; ++dt) {
-        acc_o[dt][2 * r] *= alpha;
-        acc_o[dt][2 * r + 1] *= alpha;
+        for (int dp = 0; dp < DTILES / 2; ++dp) {
+          uint32_t vb[4];  // b0 b1 of head tile 2dp, then of 2dp + 1
+          ptx::SM75_U16x8_LDSM_T::copy(vb, Vb + kk * 16 * LD + dp * 16 + v_ld);
+          Mma<T>::mma(acc_o[2 * dp], pa, vb[0], vb[1]);
+          Mma<T>::mma(acc_o[2 * dp + 1], pa, vb[2], vb[3]);
+        }
       }
     }
 
-    // O += P V: the S accumulators of key tiles 2kk and 2kk+1 are the A fragment of keys
-    // 16kk..16kk+15.
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint32_t pa[4] = {
-          Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-          Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const T* v0 = Vs + (kk * 16 + 2 * t) * LD + g;
-#pragma unroll
-      for (int dt = 0; dt < DTILES; ++dt) {
-        const T* vp = v0 + dt * 8;
-        Mma<T>::mma(acc_o[dt], pa, ld_col_pair(vp, vp + LD), ld_col_pair(vp + 8 * LD, vp + 9 * LD));
-      }
-    }
+    n0 = n1;
+    blocked[0] = next_blocked[0];
+    blocked[1] = next_blocked[1];
+    warp_skip = next_skip;
+    buf ^= 1;
   }
 
-  // Normalize and write: out (B, H, Nq, D) contiguous, lse (B, H, Nq) float32, natural log.
+  // Normalize into the warp's own 16 rows of the Q tile (only this warp has read them, barriers
+  // ago), then 16-byte stores: out (B, H, Nq, D) contiguous, lse (B, H, Nq) float32, natural log.
   T* out = static_cast<T*>(p.out) + (b * p.H + h) * Nq * D;
   float* lse = static_cast<float*>(p.lse) + (b * p.H + h) * Nq;
+  T* Os = Qs + warp * 16 * LD;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = l_run[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int64_t i = row[r];
-    if (i >= Nq) continue;
     const float inv = l > 0.f ? 1.f / l : 0.f;
+    T* o = Os + (g + 8 * r) * LD + 2 * t;
 #pragma unroll
-    for (int dt = 0; dt < DTILES; ++dt) {
-      const int64_t d = dt * 8 + 2 * t;
-      if (d < D) out[i * D + d] = Mma<T>::from_float(acc_o[dt][2 * r] * inv);
-      if (d + 1 < D) out[i * D + d + 1] = Mma<T>::from_float(acc_o[dt][2 * r + 1] * inv);
+    for (int dt = 0; dt < DTILES; ++dt)
+      *reinterpret_cast<uint32_t*>(o + dt * 8) = Mma<T>::pack(acc_o[dt][2 * r] * inv, acc_o[dt][2 * r + 1] * inv);
+    if (t == 0 && row[r] < Nq) lse[row[r]] = l > 0.f ? (m_run[r] + log2f(l)) * 0.6931471805599453f : -INFINITY;
+  }
+  __syncwarp();
+  constexpr int PER_ROW = HD / 8;
+#pragma unroll
+  for (int idx = lane; idx < 16 * PER_ROW; idx += 32) {
+    const int r = idx / PER_ROW, c = (idx % PER_ROW) * 8;
+    const int64_t i = m0 + warp * 16 + r;
+    if (i >= Nq || c >= D) continue;
+    T* dst = out + i * D + c;
+    const T* src = Os + r * LD + c;
+    if (c + 8 <= D && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int e = 0; e < 8 && c + e < D; ++e) dst[e] = src[e];
     }
-    if (t == 0) lse[i] = l > 0.f ? (m_run[r] + log2f(l)) * 0.6931471805599453f : -INFINITY;
   }
 }
 
 template <class T, int HD>
 cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
   constexpr int LD = HD + 8;
-  constexpr size_t smem = size_t(kBlockM + 2 * kBlockN) * LD * sizeof(T);
+  constexpr size_t smem = size_t(kBlockM + 4 * kBlockN) * LD * sizeof(T);  // Q, then K and V twice
   if constexpr (smem > 48 * 1024) {  // above the default limit: raise it, once per device
     static bool raised[64] = {};
     int dev = 0;
@@ -305,6 +396,7 @@ template <class T>
 cudaError_t launch_head_dim(const AttentionParams& p, cudaStream_t stream) {
   if (p.D <= 32) return launch<T, 32>(p, stream);
   if (p.D <= 64) return launch<T, 64>(p, stream);
+  if (p.D <= 80) return launch<T, 80>(p, stream);
   if (p.D <= 96) return launch<T, 96>(p, stream);
   return launch<T, 128>(p, stream);
 }
