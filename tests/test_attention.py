@@ -511,3 +511,38 @@ def test_tensor_core_backward(dtype, D, features):
     for name, a, a2, b, c in zip("q k v bias".split(), first, second, theirs, exact):
         assert torch.equal(a, a2), f"grad of {name} differs between two runs"
         assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}")
+
+
+# ---- the pipelined tensor-core forward's edges (cp.async / ldmatrix fallbacks) ----------------------
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [8, 20, 36, 72, 100, 120])
+def test_tensor_core_forward_odd_head_dims(dtype, D):
+    """Head dims that are not a multiple of the 16-byte chunk, with padding and bias, partial tiles."""
+    B, H, Nq, Nk = 1, 2, 70, 150
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, "cuda")
+    kpm = torch.rand(B, Nk, device="cuda") < 0.3
+    bias = torch.randn(H, Nq, Nk, device="cuda", dtype=dtype)
+    check(q, k, v, dtype, causal=True, key_padding_mask=kpm, attn_bias=bias)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [32, 64])
+def test_tensor_core_forward_unaligned_inputs(dtype, D):
+    """Tensors one element past a 16-byte boundary: every chunk on the element-load fallback."""
+    B, H, Nq, Nk = 1, 2, 40, 140
+
+    def make(n):
+        return torch.randn(B * H * n * D + 1, device="cuda", dtype=dtype)[1:].view(B, H, n, D)
+
+    check(make(Nq), make(Nk), make(Nk), dtype, causal=True)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tensor_core_forward_whole_padded_key_tiles(dtype):
+    q, k, v = qkv(1, 2, 300, 300, 64, dtype, "cuda", "bnhd")
+    kpm = torch.zeros(1, 300, dtype=torch.bool, device="cuda")
+    kpm[0, 64:200] = True  # whole key tiles padded
+    check(q, k, v, dtype, causal=True, key_padding_mask=kpm)
