@@ -24,6 +24,7 @@
 
 #include "common/dropout.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/mma_common.cuh"
 #include "kernels/common/launch.cuh"
 #include "kernels/common/ptx.cuh"
 
@@ -33,33 +34,7 @@ namespace {
 constexpr int kBlockM = 64, kBlockN = 64, kWarps = 4, kThreads = kWarps * 32;
 
 template <class T>
-struct Mma;
-
-template <>
-struct Mma<__half> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    ptx::SM80_16x8x16_F32F16F16F32_TN::fma(c, a, b0, b1);
-  }
-};
-
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    ptx::SM80_16x8x16_F32BF16BF16F32_TN::fma(c, a, b0, b1);
-  }
-};
+using Mma = tc::Tc<T>;  // conversions and the mma of the element type (mma_common.cuh)
 
 // rows x HD tile (kBlockM rows from row0) of a (n, d) strided matrix into shared memory (row
 // stride LD), zero outside [0, n_valid) x [0, D). Chunks of 8 elements whose source is contiguous
