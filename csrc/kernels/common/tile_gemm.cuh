@@ -4,15 +4,24 @@
 //
 //   C[m][n] = sum_k A(m, k) * B(k, n),  m < M, n < N, k in this block's K chunk.
 //
-// An operand exposes `load<V>(row, col, dst)`: dst[j] = element (row, col + j), zero outside
-// the operand. Its `col` index is the one that is contiguous in memory. A_K / B_K say whether
-// that contiguous index is k (true) or m / n (false):
+// An operand exposes `rows`, `cols`, `load<V>(row, col, dst)`: dst[j] = element (row, col + j),
+// zero outside the operand, `at(row, col)`: the element's address, and `vectorizable()`: whether
+// every run of V elements that starts at a column multiple of V (inside the operand) is
+// contiguous and 16-byte aligned. Its `col` index is the one that is contiguous in memory.
+// A_K / B_K say whether that contiguous index is k (true) or m / n (false):
 //   A_K:  A(m, k) = opa(m, k)   else A(m, k) = opa(k, m)
 //   B_K:  B(k, n) = opb(n, k)   else B(k, n) = opb(k, n)
 //
-// Block tile 128 x 64, 128 threads (4 warps, 2 x 2). The next K tile is loaded into registers
-// (16-byte vectors where aligned) while the current one is multiplied from shared memory.
-// Compute: tensor cores through WMMA (fp16, bf16, and fp32 as TF32) or exact FMAs (fp32, fp64).
+// Block tile 128 x 64 x BK (BK * sizeof(T) = 64 bytes), 128 threads (4 warps, 2 x 2), a
+// STAGES-deep ring of shared-memory tiles. Each tile is kept in its operand's own layout (rows of
+// the contiguous index, 16 bytes of padding per row), so a 16-byte run of global memory is one
+// 16-byte run of shared memory: a vectorizable operand is copied with cp.async (zero-fill past
+// its edge) STAGES - 1 tiles ahead of the math; any other operand (strided or channels-last
+// pixels, rows that are not 16-byte aligned) is read with the operand's own loads into registers
+// before the math and stored to the ring after it. One barrier per K tile.
+// Compute: fp16/bf16 on mma.sync m16n8k16 with ldmatrix operands (.trans where a tile is m- or
+// n-major), fp32 as TF32 through WMMA (row or column major fragments as the tile lies), or exact
+// FMAs (fp32, fp64).
 // gridDim.z splits K into chunks of k_chunk (a multiple of BK); the epilogue gets the chunk index
 // so callers can write partial sums and reduce them in a fixed order (deterministic).
 #pragma once
@@ -22,8 +31,10 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/common/launch.cuh"
+#include "kernels/common/ptx.cuh"
 
 namespace taskkernels::cuda {
 
@@ -81,11 +92,20 @@ struct RowsOperand {
   int64_t rows, cols;
   int64_t group, group_stride, row_offset, row_stride;
 
+  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const {
+    const int64_t g = r / group;
+    return ptr + g * group_stride + (row_offset + (r - g * group)) * row_stride + c;
+  }
+
+  __device__ __forceinline__ bool vectorizable() const {
+    constexpr int64_t V = 16 / sizeof(T);
+    return aligned16(ptr) && row_stride % V == 0 && (rows <= group || group_stride % V == 0);
+  }
+
   template <int V>
   __device__ __forceinline__ void load(int64_t r, int64_t c, T* dst) const {
     if (r >= rows || c >= cols) return fill_zero<V>(dst);
-    const int64_t g = r / group;
-    const T* p = ptr + g * group_stride + (row_offset + (r - g * group)) * row_stride + c;
+    const T* p = at(r, c);
     if (c + V <= cols && aligned16(p)) return load16(p, dst);
 #pragma unroll
     for (int j = 0; j < V; ++j) dst[j] = (c + j < cols) ? p[j] : Num<T>::zero();
@@ -95,21 +115,66 @@ struct RowsOperand {
 // ---- tile configuration ----------------------------------------------------------------------
 template <class T, bool TC>
 struct TileConfig {
-  static constexpr int BM = 128, BN = 64, THREADS = 128;
-  static constexpr int V = 16 / sizeof(T);  // elements per 16-byte vector
-  static constexpr int BK = sizeof(T) == 8 ? 16 : 32;
-  static constexpr int LDA = BK + V;  // +16 bytes per row: fewer bank conflicts, rows stay 16B aligned
-  static constexpr int LDB = BN + V;
+  static constexpr int BM = 128, BN = 64, THREADS = 128, STAGES = 3;
+  static constexpr int V = 16 / sizeof(T);        // elements per 16-byte vector
+  static constexpr int BK = 64 / int(sizeof(T));  // 64 bytes of K per tile row: 32 / 16 / 8
+  // A tile is (BM x BK) when A_K, else (BK x BM); B is (BN x BK) when B_K, else (BK x BN). Each
+  // row is padded by 16 bytes: ldmatrix rows and WMMA rows then fall in distinct banks, and every
+  // row stays 16-byte aligned for cp.async. A stage holds the larger of either layout.
+  static constexpr size_t round128(size_t x) { return (x + 127) & ~size_t(127); }
+  static constexpr size_t larger(size_t a, size_t b) { return a > b ? a : b; }
+  static constexpr size_t A_BYTES = round128(larger(size_t(BM) * (BK + V), size_t(BK) * (BM + V)) * sizeof(T));
+  static constexpr size_t B_BYTES = round128(larger(size_t(BN) * (BK + V), size_t(BK) * (BN + V)) * sizeof(T));
+  static constexpr size_t STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int LDC = BN + 4;  // float staging of the accumulators (TC only)
-  static constexpr size_t A_BYTES = size_t(BM) * LDA * sizeof(T);
-  static constexpr size_t B_BYTES = size_t(BK) * LDB * sizeof(T);
   static constexpr size_t C_BYTES = TC ? size_t(BM) * LDC * sizeof(float) : 0;
-  static constexpr size_t SMEM = (A_BYTES + B_BYTES) > C_BYTES ? (A_BYTES + B_BYTES) : C_BYTES;
-  static constexpr int A_VECS = BM * BK / V / THREADS;
-  static constexpr int B_VECS = BK * BN / V / THREADS;
-  static_assert(A_VECS * V * THREADS == BM * BK, "A tile must split evenly");
-  static_assert(B_VECS * V * THREADS == BK * BN, "B tile must split evenly");
+  static constexpr size_t SMEM = larger(STAGES * STAGE_BYTES, C_BYTES);
+  static_assert(BK % 16 == 0 || sizeof(T) >= 4, "16-bit tiles hold whole m16n8k16 steps");
   static_assert(SMEM <= 48 * 1024, "static shared memory limit");
+};
+
+// The copy of one operand's tile into the ring: a ROWS x COLS tile (COLS along the operand's
+// contiguous index) of 16-byte vectors, VECS per thread, rows LD elements apart.
+template <class T, int ROWS, int COLS, int NT>
+struct TileCopy {
+  static constexpr int V = 16 / sizeof(T);
+  static constexpr int LD = COLS + V;
+  static constexpr int PER_ROW = COLS / V;
+  static constexpr int VECS = ROWS * PER_ROW / NT;
+  static_assert(VECS * NT == ROWS * PER_ROW, "tile must split evenly over the threads");
+
+  // Vectorizable operand: cp.async of element (row0 + r, col0 + c..) for each of this thread's
+  // vectors, the part past the operand's last column zero-filled; zeros past its last row.
+  // Otherwise the operand's own loads into `reg`, for `store` to put into the tile later.
+  template <class Op>
+  static __device__ __forceinline__ void issue(const Op& op, bool async, int64_t row0, int64_t col0, T* tile,
+                                               uint4 (&reg)[VECS], int tid) {
+#pragma unroll
+    for (int i = 0; i < VECS; ++i) {
+      const int v = tid + i * NT, r = v / PER_ROW, c = (v % PER_ROW) * V;
+      const int64_t gr = row0 + r, gc = col0 + c;
+      if (async) {
+        T* dst = tile + r * LD + c;
+        if (gr < op.rows && gc < op.cols) {
+          const int64_t left = op.cols - gc;
+          const int bytes = left >= V ? 16 : int(left * int64_t(sizeof(T)));
+          ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(dst, op.at(gr, gc), bytes);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+      } else {
+        op.template load<V>(gr, gc, reinterpret_cast<T*>(&reg[i]));
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void store(const uint4 (&reg)[VECS], T* tile, int tid) {
+#pragma unroll
+    for (int i = 0; i < VECS; ++i) {
+      const int v = tid + i * NT;
+      *reinterpret_cast<uint4*>(tile + (v / PER_ROW) * LD + (v % PER_ROW) * V) = reg[i];
+    }
+  }
 };
 
 template <class T>
@@ -123,82 +188,156 @@ struct WmmaType<float> {
   static constexpr int K = 8;
 };
 
+template <class T>
+struct MmaOp;
+template <>
+struct MmaOp<__half> {
+  using type = ptx::SM80_16x8x16_F32F16F16F32_TN;
+};
+template <>
+struct MmaOp<__nv_bfloat16> {
+  using type = ptx::SM80_16x8x16_F32BF16BF16F32_TN;
+};
+
 // ---- the kernel ------------------------------------------------------------------------------
 template <class T, bool TC, class OpA, bool A_K, class OpB, bool B_K, class Epi>
 __global__ void __launch_bounds__(128)
     tile_gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t k_chunk, OpA opa, OpB opb, Epi epi) {
   using Cfg = TileConfig<T, TC>;
   using Acc = typename Num<T>::acc;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, V = Cfg::V, NT = Cfg::THREADS;
-  constexpr int LDA = Cfg::LDA, LDB = Cfg::LDB;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::THREADS, S = Cfg::STAGES;
+  using CopyA = TileCopy<T, A_K ? BM : BK, A_K ? BK : BM, NT>;
+  using CopyB = TileCopy<T, B_K ? BN : BK, B_K ? BK : BN, NT>;
+  constexpr int LDA = CopyA::LD, LDB = CopyB::LD;
 
   __shared__ __align__(128) unsigned char smem[Cfg::SMEM];
-  T* As = reinterpret_cast<T*>(smem);
-  T* Bs = reinterpret_cast<T*>(smem + Cfg::A_BYTES);
+  auto a_tile = [&](int st) { return reinterpret_cast<T*>(smem + st * Cfg::STAGE_BYTES); };
+  auto b_tile = [&](int st) { return reinterpret_cast<T*>(smem + st * Cfg::STAGE_BYTES + Cfg::A_BYTES); };
 
   const int tid = threadIdx.x;
   const int64_t m0 = int64_t(blockIdx.x) * BM;
   const int64_t n0 = int64_t(blockIdx.y) * BN;
   const int64_t kb = int64_t(blockIdx.z) * k_chunk;
   const int64_t ke = (kb + k_chunk < K) ? kb + k_chunk : K;
+  const int tiles = kb < ke ? int((ke - kb + BK - 1) / BK) : 0;
+  const bool a_async = opa.vectorizable(), b_async = opb.vectorizable();  // uniform
 
-  uint4 ra[Cfg::A_VECS];
-  uint4 rb[Cfg::B_VECS];
-
-  auto global_load = [&](int64_t k0) {
-#pragma unroll
-    for (int i = 0; i < Cfg::A_VECS; ++i) {
-      const int v = tid + i * NT;
-      T* dst = reinterpret_cast<T*>(&ra[i]);
-      if constexpr (A_K) {
-        opa.template load<V>(m0 + v / (BK / V), k0 + (v % (BK / V)) * V, dst);
-      } else {
-        opa.template load<V>(k0 + v / (BM / V), m0 + (v % (BM / V)) * V, dst);
+  uint4 ra[CopyA::VECS];
+  uint4 rb[CopyB::VECS];
+  // Starts tile t's copy into stage t % S (cp.async, or loads into ra / rb) ...
+  auto issue = [&](int t) {
+    const int64_t k0 = kb + int64_t(t) * BK;
+    const int st = t % S;
+    CopyA::issue(opa, a_async, A_K ? m0 : k0, A_K ? k0 : m0, a_tile(st), ra, tid);
+    CopyB::issue(opb, b_async, B_K ? n0 : k0, B_K ? k0 : n0, b_tile(st), rb, tid);
+  };
+  // ... and stores what went through registers.
+  auto land = [&](int t) {
+    const int st = t % S;
+    if (!a_async) CopyA::store(ra, a_tile(st), tid);
+    if (!b_async) CopyB::store(rb, b_tile(st), tid);
+  };
+  // Runs math(stage) once per K tile. Tile t + S - 1 is in flight while tile t is multiplied;
+  // the barrier at the top of an iteration both publishes tile t and frees the stage that tile
+  // t + S - 1 reuses (tile t - 1's, read by the previous iteration's math).
+  auto pipeline = [&](auto&& math) {
+#pragma unroll 1
+    for (int t = 0; t < S - 1; ++t) {
+      if (t < tiles) {
+        issue(t);
+        land(t);
       }
+      ptx::cp_async_commit_group();  // one group per tile slot, empty or not: the waits count them
     }
-#pragma unroll
-    for (int i = 0; i < Cfg::B_VECS; ++i) {
-      const int v = tid + i * NT;
-      T* dst = reinterpret_cast<T*>(&rb[i]);
-      if constexpr (B_K) {
-        opb.template load<V>(n0 + v / (BK / V), k0 + (v % (BK / V)) * V, dst);
-      } else {
-        opb.template load<V>(k0 + v / (BN / V), n0 + (v % (BN / V)) * V, dst);
-      }
+#pragma unroll 1
+    for (int t = 0; t < tiles; ++t) {
+      ptx::cp_async_wait_group<S - 2>();
+      __syncthreads();
+      const int next = t + S - 1;
+      if (next < tiles) issue(next);
+      ptx::cp_async_commit_group();
+      math(t % S);
+      if (next < tiles) land(next);
     }
+    ptx::cp_async_wait_group<0>();
+    __syncthreads();  // the ring is free for the accumulators' staging
   };
 
-  auto shared_store = [&]() {
+  if constexpr (TC && sizeof(T) == 2) {
+    // mma.sync m16n8k16: warp (wm, wn) owns rows wm * 64 + 16 i, columns wn * 32 + 8 j.
+    using Mma = typename MmaOp<T>::type;
+    const int lane = tid % 32, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+    const int g = lane / 4, t4 = lane % 4;
+    // ldmatrix: lane gives row lane % 8 of matrix q = lane / 8; (qa, qb) pick the matrix's
+    // 8-row / 8-column block in the A fragment order (m, k), (m+8, k), (m, k+8), (m+8, k+8) and
+    // the B order (n, k), (n, k+8), (n+8, k), (n+8, k+8).
+    const int q = lane / 8, lr = lane % 8;
+    const int a_m = (q & 1) * 8, a_k = (q >> 1) * 8, b_n = (q >> 1) * 8, b_k = (q & 1) * 8;
+    float acc[4][4][4];
 #pragma unroll
-    for (int i = 0; i < Cfg::A_VECS; ++i) {
-      const int v = tid + i * NT;
-      if constexpr (A_K) {
-        *reinterpret_cast<uint4*>(As + (v / (BK / V)) * LDA + (v % (BK / V)) * V) = ra[i];
-      } else {
-        const T* src = reinterpret_cast<const T*>(&ra[i]);
-        const int kk = v / (BM / V), mm = (v % (BM / V)) * V;
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < V; ++j) As[(mm + j) * LDA + kk] = src[j];
-      }
-    }
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int i = 0; i < Cfg::B_VECS; ++i) {
-      const int v = tid + i * NT;
-      if constexpr (B_K) {
-        const T* src = reinterpret_cast<const T*>(&rb[i]);
-        const int nn = v / (BK / V), kk = (v % (BK / V)) * V;
-#pragma unroll
-        for (int j = 0; j < V; ++j) Bs[(kk + j) * LDB + nn] = src[j];
-      } else {
-        *reinterpret_cast<uint4*>(Bs + (v / (BN / V)) * LDB + (v % (BN / V)) * V) = rb[i];
-      }
-    }
-  };
+        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  if constexpr (TC) {
+    pipeline([&](int st) {
+      const T* As = a_tile(st);
+      const T* Bs = b_tile(st);
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        uint32_t a[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int mb = wm * 64 + i * 16;
+          if constexpr (A_K) {
+            ptx::SM75_U32x4_LDSM_N::copy(a[i], As + (mb + a_m + lr) * LDA + kk + a_k);
+          } else {
+            ptx::SM75_U16x8_LDSM_T::copy(a[i], As + (kk + a_k + lr) * LDA + mb + a_m);
+          }
+        }
+#pragma unroll
+        for (int j2 = 0; j2 < 2; ++j2) {  // two n8 tiles: b = {b0, b1} of tile 2 j2, then of 2 j2 + 1
+          const int nb = wn * 32 + j2 * 16;
+          uint32_t b[4];
+          if constexpr (B_K) {
+            ptx::SM75_U32x4_LDSM_N::copy(b, Bs + (nb + b_n + lr) * LDB + kk + b_k);
+          } else {
+            ptx::SM75_U16x8_LDSM_T::copy(b, Bs + (kk + b_k + lr) * LDB + nb + b_n);
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            Mma::fma(acc[i][2 * j2], a[i], b[0], b[1]);
+            Mma::fma(acc[i][2 * j2 + 1], a[i], b[2], b[3]);
+          }
+        }
+      }
+    });
+
+    // Stage the accumulators through shared memory so the epilogue walks rows with n fastest
+    // (coalesced writes) and knows each element's (m, n).
+    float* Cs = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float* c = Cs + (wm * 64 + i * 16 + g) * Cfg::LDC + wn * 32 + j * 8 + 2 * t4;
+        *reinterpret_cast<float2*>(c) = make_float2(acc[i][j][0], acc[i][j][1]);
+        *reinterpret_cast<float2*>(c + 8 * Cfg::LDC) = make_float2(acc[i][j][2], acc[i][j][3]);
+      }
+    __syncthreads();
+    for (int idx = tid; idx < BM * BN; idx += NT) {
+      const int r = idx / BN, c = idx % BN;
+      const int64_t m = m0 + r, n = n0 + c;
+      if (m < M && n < N) epi(m, n, Cs[r * Cfg::LDC + c], int(blockIdx.z));
+    }
+  } else if constexpr (TC) {
+    // TF32 through WMMA; the fragments' layouts follow the tiles'.
     namespace wmma = nvcuda::wmma;
     using In = typename WmmaType<T>::type;
     constexpr int FK = WmmaType<T>::K;
+    using LayoutA = std::conditional_t<A_K, wmma::row_major, wmma::col_major>;
+    using LayoutB = std::conditional_t<B_K, wmma::col_major, wmma::row_major>;
     const int warp = tid / 32, wm = warp / 2, wn = warp % 2;  // warp tile 64 x 32
     wmma::fragment<wmma::accumulator, 16, 16, FK, float> acc[4][2];
 #pragma unroll
@@ -206,41 +345,34 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-    if (kb < ke) global_load(kb);
-    for (int64_t k0 = kb; k0 < ke; k0 += BK) {
-      shared_store();
-      __syncthreads();
-      if (k0 + BK < ke) global_load(k0 + BK);
+    pipeline([&](int st) {
+      const T* As = a_tile(st);
+      const T* Bs = b_tile(st);
 #pragma unroll
       for (int kk = 0; kk < BK; kk += FK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, FK, In, wmma::row_major> a[4];
-        wmma::fragment<wmma::matrix_b, 16, 16, FK, In, wmma::row_major> b[2];
+        wmma::fragment<wmma::matrix_a, 16, 16, FK, In, LayoutA> a[4];
+        wmma::fragment<wmma::matrix_b, 16, 16, FK, In, LayoutB> b[2];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          wmma::load_matrix_sync(a[i], As + (wm * 64 + i * 16) * LDA + kk, LDA);
-          if constexpr (sizeof(T) == 4) {
+          const int mb = wm * 64 + i * 16;
+          wmma::load_matrix_sync(a[i], A_K ? As + mb * LDA + kk : As + kk * LDA + mb, LDA);
 #pragma unroll
-            for (int e = 0; e < a[i].num_elements; ++e) a[i].x[e] = wmma::__float_to_tf32(a[i].x[e]);
-          }
+          for (int e = 0; e < a[i].num_elements; ++e) a[i].x[e] = wmma::__float_to_tf32(a[i].x[e]);
         }
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          wmma::load_matrix_sync(b[j], Bs + kk * LDB + wn * 32 + j * 16, LDB);
-          if constexpr (sizeof(T) == 4) {
+          const int nb = wn * 32 + j * 16;
+          wmma::load_matrix_sync(b[j], B_K ? Bs + nb * LDB + kk : Bs + kk * LDB + nb, LDB);
 #pragma unroll
-            for (int e = 0; e < b[j].num_elements; ++e) b[j].x[e] = wmma::__float_to_tf32(b[j].x[e]);
-          }
+          for (int e = 0; e < b[j].num_elements; ++e) b[j].x[e] = wmma::__float_to_tf32(b[j].x[e]);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
           for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
       }
-      __syncthreads();
-    }
+    });
 
-    // Stage the accumulators through shared memory so the epilogue walks rows with n fastest
-    // (coalesced writes) and knows each element's (m, n).
     float* Cs = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -263,25 +395,28 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc[i][j] = Acc(0);
 
-    if (kb < ke) global_load(kb);
-    for (int64_t k0 = kb; k0 < ke; k0 += BK) {
-      shared_store();
-      __syncthreads();
-      if (k0 + BK < ke) global_load(k0 + BK);
+    pipeline([&](int st) {
+      const T* As = a_tile(st);
+      const T* Bs = b_tile(st);
 #pragma unroll 4
       for (int k = 0; k < BK; ++k) {
         Acc a[8], b[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) a[i] = Num<T>::to_acc(As[(tm + 16 * i) * LDA + k]);
+        for (int i = 0; i < 8; ++i) {
+          const int m = tm + 16 * i;
+          a[i] = Num<T>::to_acc(A_K ? As[m * LDA + k] : As[k * LDA + m]);
+        }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) b[j] = Num<T>::to_acc(Bs[k * LDB + tn + 8 * j]);
+        for (int j = 0; j < 8; ++j) {
+          const int n = tn + 8 * j;
+          b[j] = Num<T>::to_acc(B_K ? Bs[n * LDB + k] : Bs[k * LDB + n]);
+        }
 #pragma unroll
         for (int i = 0; i < 8; ++i)
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
       }
-      __syncthreads();
-    }
+    });
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll

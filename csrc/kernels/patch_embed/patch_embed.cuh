@@ -10,6 +10,14 @@ namespace taskkernels::cuda {
 // The (B * Np, C * P * P) patch matrix, read straight from the pixels (any strides):
 // row r = (b, py, px), column c = (ch, ky, kx). Nothing is materialized; a 16-byte vector is
 // read when a run of pixels within one patch row is contiguous and aligned.
+//
+// The tile GEMM copies it with cp.async (vectorizable()) when every 16-byte run it asks for is
+// contiguous and aligned: unit stride along W, the patch width a multiple of the vector (so a run
+// of V columns that starts at a multiple of V stays inside one patch row), and every other
+// stride and the base 16-byte aligned. That holds for contiguous NCHW images with P % 8 == 0
+// (fp16/bf16; P % 4 for fp32, P % 2 for fp64) and W a multiple of the vector, e.g. ViT's
+// 224 x 224 / 16. Channels-last or W-strided pixels, odd patch sizes or unaligned views take the
+// element gather (through registers, still overlapped with the math).
 template <class T>
 struct PatchOperand {
   const T* ptr;
@@ -24,6 +32,18 @@ struct PatchOperand {
     const int64_t ky = rem / P;
     *kx = rem - ky * P;
     return ptr + b * sB + ch * sC + (py * P + ky) * sH + (px * P + *kx) * sW;
+  }
+
+  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const {
+    int64_t kx;
+    return address(r, c, &kx);
+  }
+
+  __device__ __forceinline__ bool vectorizable() const {
+    constexpr int64_t V = 16 / sizeof(T);
+    const int64_t B = np > 0 ? rows / np : 0, C = cols / PP;
+    return sW == 1 && P % V == 0 && sH % V == 0 && (C <= 1 || sC % V == 0) && (B <= 1 || sB % V == 0) &&
+           aligned16(ptr);
   }
 
   template <int V>
