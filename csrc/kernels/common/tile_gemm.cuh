@@ -92,10 +92,13 @@ struct RowsOperand {
   int64_t rows, cols;
   int64_t group, group_stride, row_offset, row_stride;
 
-  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const {
+  // Element (r, c) is at ptr + row_part(r) + col_part(c).
+  __device__ __forceinline__ int64_t row_part(int64_t r) const {
     const int64_t g = r / group;
-    return ptr + g * group_stride + (row_offset + (r - g * group)) * row_stride + c;
+    return g * group_stride + (row_offset + (r - g * group)) * row_stride;
   }
+  __device__ __forceinline__ int64_t col_part(int64_t c) const { return c; }
+  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const { return ptr + row_part(r) + c; }
 
   __device__ __forceinline__ bool vectorizable() const {
     constexpr int64_t V = 16 / sizeof(T);
@@ -116,6 +119,9 @@ struct RowsOperand {
 template <class T, bool TC>
 struct TileConfig {
   static constexpr int BM = 128, BN = 64, THREADS = 128, STAGES = 3;
+  // Blocks per SM the register allocation must allow: 3 (at most 168 registers) for the mma.sync
+  // path, which fits without spilling; the others keep ptxas's choice (fp64 would spill).
+  static constexpr int MIN_BLOCKS = (TC && sizeof(T) == 2) ? 3 : 1;
   static constexpr int V = 16 / sizeof(T);        // elements per 16-byte vector
   static constexpr int BK = 64 / int(sizeof(T));  // 64 bytes of K per tile row: 32 / 16 / 8
   // A tile is (BM x BK) when A_K, else (BK x BM); B is (BN x BK) when B_K, else (BK x BN). Each
@@ -134,46 +140,77 @@ struct TileConfig {
 };
 
 // The copy of one operand's tile into the ring: a ROWS x COLS tile (COLS along the operand's
-// contiguous index) of 16-byte vectors, VECS per thread, rows LD elements apart.
-template <class T, int ROWS, int COLS, int NT>
+// contiguous index) of 16-byte vectors, VECS per thread, rows LD elements apart. Thread tid
+// copies column (tid % PER_ROW) * V of rows tid / PER_ROW + i * NT / PER_ROW. K_ROWS: the rows
+// run along k (they move from tile to tile, the columns are the block's m or n and stay);
+// otherwise the columns do.
+template <class T, int ROWS, int COLS, int NT, bool K_ROWS>
 struct TileCopy {
   static constexpr int V = 16 / sizeof(T);
   static constexpr int LD = COLS + V;
   static constexpr int PER_ROW = COLS / V;
   static constexpr int VECS = ROWS * PER_ROW / NT;
-  static_assert(VECS * NT == ROWS * PER_ROW, "tile must split evenly over the threads");
+  static constexpr int ROW_STEP = NT / PER_ROW;
+  static_assert(NT % PER_ROW == 0 && VECS * NT == ROWS * PER_ROW, "tile must split evenly over the threads");
 
-  // Vectorizable operand: cp.async of element (row0 + r, col0 + c..) for each of this thread's
-  // vectors, the part past the operand's last column zero-filled; zeros past its last row.
-  // Otherwise the operand's own loads into `reg`, for `store` to put into the tile later.
+  // The cp.async path's address of each vector splits into the part of the index that stays
+  // (computed once, here: -1 outside the operand) and the part along k (computed per tile), so
+  // the im2col divisions are not redone for every vector of every tile.
+  int64_t fixed[VECS];
+
   template <class Op>
-  static __device__ __forceinline__ void issue(const Op& op, bool async, int64_t row0, int64_t col0, T* tile,
-                                               uint4 (&reg)[VECS], int tid) {
+  __device__ __forceinline__ void prepare(const Op& op, int64_t fixed0, int tid) {
 #pragma unroll
     for (int i = 0; i < VECS; ++i) {
-      const int v = tid + i * NT, r = v / PER_ROW, c = (v % PER_ROW) * V;
-      const int64_t gr = row0 + r, gc = col0 + c;
-      if (async) {
+      if constexpr (K_ROWS) {
+        const int64_t gc = fixed0 + (tid % PER_ROW) * V;
+        fixed[i] = gc < op.cols ? op.col_part(gc) : -1;
+      } else {
+        const int64_t gr = fixed0 + tid / PER_ROW + i * ROW_STEP;
+        fixed[i] = gr < op.rows ? op.row_part(gr) : -1;
+      }
+    }
+  }
+
+  // Vectorizable operand: cp.async of this thread's vectors of the tile that starts at k0, the
+  // part past the operand's last column zero-filled; zeros past its last row. Otherwise the
+  // operand's own loads into `reg`, for `store` to put into the tile later.
+  template <class Op>
+  __device__ __forceinline__ void issue(const Op& op, bool async, int64_t k0, int64_t fixed0, T* tile,
+                                        uint4 (&reg)[VECS], int tid) const {
+    const int r0 = tid / PER_ROW, c = (tid % PER_ROW) * V;
+    if (async) {
+      // The k part of the address: one column for all of this thread's vectors, or one row each.
+      const int64_t gc_k = k0 + c;
+      const int64_t col_k = (!K_ROWS && gc_k < op.cols) ? op.col_part(gc_k) : 0;
+#pragma unroll
+      for (int i = 0; i < VECS; ++i) {
+        const int r = r0 + i * ROW_STEP;
         T* dst = tile + r * LD + c;
-        if (gr < op.rows && gc < op.cols) {
+        const int64_t gr = K_ROWS ? k0 + r : fixed0 + r, gc = K_ROWS ? fixed0 + c : gc_k;
+        if (fixed[i] >= 0 && gr < op.rows && gc < op.cols) {
+          const int64_t off = K_ROWS ? op.row_part(gr) + fixed[i] : fixed[i] + col_k;
           const int64_t left = op.cols - gc;
           const int bytes = left >= V ? 16 : int(left * int64_t(sizeof(T)));
-          ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(dst, op.at(gr, gc), bytes);
+          ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(dst, op.ptr + off, bytes);
         } else {
           *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
         }
-      } else {
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < VECS; ++i) {
+        const int r = r0 + i * ROW_STEP;
+        const int64_t gr = K_ROWS ? k0 + r : fixed0 + r, gc = K_ROWS ? fixed0 + c : k0 + c;
         op.template load<V>(gr, gc, reinterpret_cast<T*>(&reg[i]));
       }
     }
   }
 
   static __device__ __forceinline__ void store(const uint4 (&reg)[VECS], T* tile, int tid) {
+    const int r0 = tid / PER_ROW, c = (tid % PER_ROW) * V;
 #pragma unroll
-    for (int i = 0; i < VECS; ++i) {
-      const int v = tid + i * NT;
-      *reinterpret_cast<uint4*>(tile + (v / PER_ROW) * LD + (v % PER_ROW) * V) = reg[i];
-    }
+    for (int i = 0; i < VECS; ++i) *reinterpret_cast<uint4*>(tile + (r0 + i * ROW_STEP) * LD + c) = reg[i];
   }
 };
 
@@ -201,13 +238,13 @@ struct MmaOp<__nv_bfloat16> {
 
 // ---- the kernel ------------------------------------------------------------------------------
 template <class T, bool TC, class OpA, bool A_K, class OpB, bool B_K, class Epi>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(TileConfig<T, TC>::THREADS, TileConfig<T, TC>::MIN_BLOCKS)
     tile_gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t k_chunk, OpA opa, OpB opb, Epi epi) {
   using Cfg = TileConfig<T, TC>;
   using Acc = typename Num<T>::acc;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::THREADS, S = Cfg::STAGES;
-  using CopyA = TileCopy<T, A_K ? BM : BK, A_K ? BK : BM, NT>;
-  using CopyB = TileCopy<T, B_K ? BN : BK, B_K ? BK : BN, NT>;
+  using CopyA = TileCopy<T, A_K ? BM : BK, A_K ? BK : BM, NT, !A_K>;
+  using CopyB = TileCopy<T, B_K ? BN : BK, B_K ? BK : BN, NT, !B_K>;
   constexpr int LDA = CopyA::LD, LDB = CopyB::LD;
 
   __shared__ __align__(128) unsigned char smem[Cfg::SMEM];
@@ -224,12 +261,16 @@ __global__ void __launch_bounds__(128)
 
   uint4 ra[CopyA::VECS];
   uint4 rb[CopyB::VECS];
+  CopyA copy_a;
+  CopyB copy_b;
+  if (a_async) copy_a.prepare(opa, m0, tid);
+  if (b_async) copy_b.prepare(opb, n0, tid);
   // Starts tile t's copy into stage t % S (cp.async, or loads into ra / rb) ...
   auto issue = [&](int t) {
     const int64_t k0 = kb + int64_t(t) * BK;
     const int st = t % S;
-    CopyA::issue(opa, a_async, A_K ? m0 : k0, A_K ? k0 : m0, a_tile(st), ra, tid);
-    CopyB::issue(opb, b_async, B_K ? n0 : k0, B_K ? k0 : n0, b_tile(st), rb, tid);
+    copy_a.issue(opa, a_async, k0, m0, a_tile(st), ra, tid);
+    copy_b.issue(opb, b_async, k0, n0, b_tile(st), rb, tid);
   };
   // ... and stores what went through registers.
   auto land = [&](int t) {

@@ -34,10 +34,18 @@ struct PatchOperand {
     return ptr + b * sB + ch * sC + (py * P + ky) * sH + (px * P + *kx) * sW;
   }
 
-  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const {
-    int64_t kx;
-    return address(r, c, &kx);
+  // Element (r, c) is at ptr + row_part(r) + col_part(c): the patch's corner, the pixel in it.
+  __device__ __forceinline__ int64_t row_part(int64_t r) const {
+    const int64_t b = r / np, i = r - b * np;
+    const int64_t py = i / pw, px = i - py * pw;
+    return b * sB + py * P * sH + px * P * sW;
   }
+  __device__ __forceinline__ int64_t col_part(int64_t c) const {
+    const int64_t ch = c / PP, rem = c - ch * PP;
+    const int64_t ky = rem / P, kx = rem - ky * P;
+    return ch * sC + ky * sH + kx * sW;
+  }
+  __device__ __forceinline__ const T* at(int64_t r, int64_t c) const { return ptr + row_part(r) + col_part(c); }
 
   __device__ __forceinline__ bool vectorizable() const {
     constexpr int64_t V = 16 / sizeof(T);
