@@ -45,6 +45,6 @@ fi  # SKIP_TESTS
 
 echo "== benchmarks"
 # shellcheck disable=SC2086  # BENCH_OPS is a list of op names
-"$PY" -m benchmarks.run --device cuda ${BENCH_OPS:+--ops $BENCH_OPS} 2>"$OUT/bench.err" | tee "$OUT/bench.log"
+"$PY" -m benchmarks.run --device cuda --all --record ${BENCH_OPS:+--ops $BENCH_OPS} 2>"$OUT/bench.err" | tee "$OUT/bench.log"
 cp benchmarks/results/*.json benchmarks/results/*-cuda.png "$OUT/" 2>/dev/null
 exit $status

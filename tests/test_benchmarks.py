@@ -49,7 +49,8 @@ def test_headline_run_ends_with_the_summary_table_and_picture(tmp_path, capsys):
     # One row per op (the quick table has one case per op), in the op's headline mode: whole models
     # in forward, every other op with a backward in forward+backward.
     assert {s["op"]: s["mode"] for s in summary if s["mode"] == "forward"} == {
-        "linear_sum_assignment": "forward", "hungarian_match": "forward", "models": "forward", "generation": "forward"}
+        "linear_sum_assignment": "forward", "hungarian_match": "forward", "models": "forward", "generation": "forward",
+        "optimize": "forward"}
     assert [s["op"] for s in summary] == OPS
     for s in summary:
         module = importlib.import_module(f"benchmarks.cases.{s['op']}")

@@ -47,6 +47,7 @@ QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
 # The headline run times one case (the model cases already time every family once); the others
 # run with the full suite or --cases.
 HEADLINE = {"cuda": ["BERT-base 512 padded, batch 32"], "cpu": ["BERT 4 x 256 wide, 256 padded, batch 8"]}
+HEADLINE_MODE = "forward"  # as the whole models in the headline; training steps with --all
 
 
 def _hf_model(kind, size, hidden, layers, heads):
