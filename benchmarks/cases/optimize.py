@@ -13,7 +13,8 @@ import copy
 
 import torch
 
-from ..harness import Case, Prepared, Provider, pick_cases
+from ..harness import Case, Provider, pick_cases
+from .models import _model, transformers_missing  # the same providers as the whole-model cases
 
 BASELINE = "hf"
 MODES = ("forward", "forward+backward")
@@ -164,23 +165,6 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
     table, dtypes = pick_cases(device, quick, GPU_CASES, CPU_CASES, QUICK_CASES, [torch.bfloat16])
     return [Case(name, dtype, lambda a=args, dtype=dtype: _inputs(*a, dtype, device))
             for name, args in table.items() for dtype in dtypes]
-
-
-def _model(key):
-    def prepare(inp):
-        model, output = inp[key], inp["output"]
-        return Prepared(lambda: output(model(**inp["args"])), [p for p in model.parameters() if p.requires_grad])
-
-    return prepare
-
-
-def transformers_missing() -> str | None:
-    """Why these cases cannot run here (None when transformers is installed)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return "transformers is not installed"
-    return None
 
 
 def providers(device: torch.device) -> list[Provider]:
