@@ -14,37 +14,12 @@ import copy
 import torch
 
 from ..harness import Case, Provider, pick_cases
-from .models import _model, transformers_missing  # the same providers as the whole-model cases
+from .models import CPU_CASES, GPU_CASES, QUICK_CASES, _model, transformers_missing  # the same cases and providers
 
 BASELINE = "hf"
 MODES = ("forward", "forward+backward")
 
-# name -> (model, batch, sequence or image size, hidden, layers, heads), as in cases/models.py: for
-# ConvNeXt, hidden is the first stage's width and layers the four stages' depths; for BART, size is
-# (source, target) lengths.
-GPU_CASES = {
-    "BERT-base 512 padded, batch 32": ("bert", 32, 512, 768, 12, 12),
-    "GPT-2 124M 1024 tokens, batch 8": ("gpt2", 8, 1024, 768, 12, 12),
-    "BART-base 1024 in, 128 out, batch 8": ("bart", 8, (1024, 128), 768, 6, 12),
-    "ViT-B/16 224px, batch 64": ("vit", 64, 224, 768, 12, 12),
-    "ConvNeXt-T 224px, batch 64": ("convnext", 64, 224, 96, (3, 3, 9, 3), 0),
-    "Wav2Vec2-base CTC, 15 s audio, batch 16": ("wav2vec2", 16, 240000, 768, 12, 12),
-    "DETR-R50 800x1066 with loss, batch 16": ("detr", 16, (800, 1066), 256, 6, 8),
-    "GLPN 480x640 with loss, batch 8": ("glpn", 8, (480, 640), 0, 0, 0),
-    "Mask2Former decoder 1024px, batch 8": ("m2f-decoder", 8, 1024, 256, 10, 8),
-}
-CPU_CASES = {
-    "BERT 4 x 256 wide, 256 padded, batch 8": ("bert", 8, 256, 256, 4, 4),
-    "GPT-2 4 x 256 wide, 256 tokens, batch 4": ("gpt2", 4, 256, 256, 4, 4),
-    "BART 2+2 x 256 wide, 256 in, 64 out, batch 4": ("bart", 4, (256, 64), 256, 2, 4),
-    "ViT 4 x 384 wide, 224px, batch 8": ("vit", 8, 224, 384, 4, 6),
-    "ConvNeXt 48 wide (1, 1, 3, 1), 224px, batch 8": ("convnext", 8, 224, 48, (1, 1, 3, 1), 0),
-    "Wav2Vec2 4 x 256 wide CTC, 4 s audio, batch 4": ("wav2vec2", 4, 64000, 256, 4, 4),
-    "DETR small ResNet 256x320 with loss, batch 2": ("detr", 2, (256, 320), 128, 2, 8),
-    "GLPN 224x320 with loss, batch 2": ("glpn", 2, (224, 320), 0, 0, 0),
-    "Mask2Former decoder 384px, batch 2": ("m2f-decoder", 2, 384, 256, 10, 8),
-}
-QUICK_CASES = {"tiny BERT, batch 2": ("bert", 2, 16, 32, 1, 2)}
+# The whole-model cases of cases/models.py, each model optimize'd instead of rebuilt.
 # The headline run times one case (the model cases already time every family once); the others
 # run with the full suite or --cases.
 HEADLINE = {"cuda": ["BERT-base 512 padded, batch 32"], "cpu": ["BERT 4 x 256 wide, 256 padded, batch 8"]}
