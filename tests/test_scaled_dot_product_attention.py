@@ -310,3 +310,16 @@ def test_autocast_takes_mixed_dtypes_as_sdpa():
     exact = F.scaled_dot_product_attention(*(t.bfloat16().double() for t in (q, k, v)))
     assert ours.dtype == theirs.dtype == torch.bfloat16
     assert_within_reference_error(ours, theirs, exact, torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    """Finite differences through the broadcasting, the float mask (its gradient too), the
+    start-aligned causal path and grouped-query heads."""
+    f = taskkernels.scaled_dot_product_attention
+    q = torch.randn(2, 4, 5, 8, dtype=torch.float64, device=device, requires_grad=True)
+    k, v = (torch.randn(2, 2, 7, 8, dtype=torch.float64, device=device, requires_grad=True) for _ in range(2))
+    mask = torch.randn(4, 5, 7, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, k, v, m: f(q, k, v, attn_mask=m, enable_gqa=True), (q, k, v, mask))
+    assert torch.autograd.gradcheck(lambda q, k, v: f(q, k, v, is_causal=True, enable_gqa=True, scale=0.5), (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: f(q[0, :2], k[0], v[0]), (q, k, v))  # 3-D, L < S

@@ -67,7 +67,8 @@ def _leaves(inp):
     return [inp["q"], inp["k"], inp["v"]]
 
 
-def _sdpa(backend=None):
+def _sdpa(backend=None, sdpa=F.scaled_dot_product_attention):
+    """SDPA (a backend forced, or its own choice), or a drop-in with its signature."""
     def prepare(inp):
         q, k, kpm, causal = inp["q"], inp["k"], inp["key_padding_mask"], inp["causal"]
         mask = None if kpm is None else ~kpm[:, None, None, :]  # SDPA: True = take part
@@ -85,7 +86,7 @@ def _sdpa(backend=None):
 
                 ctx = sdpa_kernel([backend])
             with ctx:
-                return F.scaled_dot_product_attention(q, k, inp["v"], attn_mask=mask, is_causal=causal)
+                return sdpa(q, k, inp["v"], attn_mask=mask, is_causal=causal)
 
         return Prepared(run, _leaves(inp))
 
@@ -98,7 +99,9 @@ def _eager(inp):
 
 
 def providers(device: torch.device) -> list[Provider]:
-    out = [Provider("taskkernels", _ours), Provider(BASELINE, _sdpa())]
+    out = [Provider("taskkernels", _ours),
+           Provider("tk sdpa drop-in", _sdpa(sdpa=taskkernels.scaled_dot_product_attention), variant=True),
+           Provider(BASELINE, _sdpa())]
     if device.type == "cuda":
         from torch.nn.attention import SDPBackend
 
