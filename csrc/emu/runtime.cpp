@@ -34,6 +34,7 @@ extern "C" {
 void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size) __attribute__((weak));
 void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old)
     __attribute__((weak));
+void __asan_unpoison_memory_region(void const volatile* addr, size_t size) __attribute__((weak));
 void* __tls_get_addr(void*);
 }
 
@@ -436,6 +437,11 @@ void run_block(Worker& w, Launch& L, uint32_t linear_block) {
     if (!progress) fail(w, "deadlock: " + thread_states(w));
   }
   if (w.failed) {
+    // The block's fibers stay where they stopped, their frames never unwound: ASan's shadow of
+    // those stacks still marks the frames' redzones, and the next block's fibers on the same
+    // stacks would trip over them (__asan_handle_no_return did, before a later fault()).
+    if (__asan_unpoison_memory_region)
+      for (int i = 0; i < w.n; ++i) __asan_unpoison_memory_region(w.stacks[i], settings().stack_size);
     std::lock_guard<std::mutex> lock(L.mutex);
     if (L.error.empty()) {
       L.error = block_name(w) + ": " + w.error;
