@@ -34,11 +34,13 @@ __all__ = ["NAME", "attention_forward", "attention_forward_or_fallback", "mask_b
 NAME = "taskkernels"
 
 
-def _mask_arguments(mask: Tensor | None, B: int, Nk: int) -> dict:
+def _mask_arguments(mask: Tensor | None, B: int, Nk: int, dtype: torch.dtype) -> dict:
     if mask is None:
         return {}
     if mask.dtype != torch.bool:  # additive (0 / large negative), broadcastable to (B, H, Nq, Nk)
-        return dict(attn_bias=mask if mask.dtype == torch.float32 else mask.float())
+        # As it comes when the kernel takes it (the model's dtype, or float32): a float64 model's
+        # bias (Swin's relative positions) keeps its precision.
+        return dict(attn_bias=mask if mask.dtype in (dtype, torch.float32) else mask.float())
     if mask.dim() == 4 and mask.shape[1] == 1 and (mask.shape[2] == 1 or mask.stride(2) == 0):
         return dict(key_padding_mask=~mask[:, 0, 0, :].expand(B, Nk))  # the same keys hidden for every query
     return dict(attn_bias=torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf")))
@@ -129,7 +131,7 @@ def attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     if is_causal is None:  # transformers' SDPA rule
         is_causal = Nq > 1 and attention_mask is None and getattr(module, "is_causal", True)
     out = attention(query, key, value, causal=bool(is_causal), scale=scaling, dropout_p=dropout,
-                    **_mask_arguments(attention_mask, B, Nk))
+                    **_mask_arguments(attention_mask, B, Nk, query.dtype))
     return out.transpose(1, 2), None
 
 
