@@ -73,3 +73,37 @@ def test_ops_ran_sharded(results):
 def test_tensor_parallel_models_equal_one_process(results, family, what):
     key = f"tensor parallel {family}: {what}"
     assert results[key] <= 1e-10, f"{key}: max error {results[key]}"
+
+
+_IMPORT_ORDER = r"""
+import sys, tempfile
+import torch
+if sys.argv[1] == "dtensor first":
+    from torch.distributed.tensor import DTensor
+    import taskkernels
+else:
+    import taskkernels
+    assert "torch.distributed.tensor" not in sys.modules, "import taskkernels loaded DTensor"
+    from torch.distributed.tensor import DTensor
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+q, k, v = (distribute_tensor(torch.randn(2, 4, 8, 16, dtype=torch.float64), mesh, [Shard(1)]) for _ in range(3))
+out = taskkernels.attention(q, k, v)
+assert isinstance(out, DTensor) and out.placements == (Shard(1),), out.placements
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["dtensor first", "taskkernels first"])
+def test_strategies_registered_in_either_import_order(order):
+    """`import taskkernels` does not load DTensor (~0.4 s); its strategies register when DTensor
+    loads, before or after taskkernels (without them, the op on DTensors raises)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _IMPORT_ORDER, order], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

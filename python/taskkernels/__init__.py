@@ -35,7 +35,7 @@ _cuda_setup.setup()
 
 from . import distributed  # noqa: E402
 
-distributed.register_sharding_strategies()  # DTensor sharding of every op (when torch.distributed is built)
+distributed.register_when_dtensor_loads()  # DTensor sharding of every op, once DTensor is imported
 
 __all__ = [
     "attention",

@@ -1,5 +1,7 @@
-"""taskkernels on torch.distributed: DTensor sharding strategies for every op (registered on
-import) and tensor-parallel plans for the transformer model classes.
+"""taskkernels on torch.distributed: DTensor sharding strategies for every op (registered when
+DTensor is loaded: at ``import taskkernels`` if ``torch.distributed.tensor`` already is, else as
+soon as it is first imported, so that programs that never use DTensor do not pay its ~0.4 s of
+import time) and tensor-parallel plans for the transformer model classes.
 
 Sharding: each op (and its backward op) declares the placements it can run on as they come:
 
@@ -28,12 +30,69 @@ ops come out as partial sums (``Partial``), reduced where DTensor needs them.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
 import torch
 from torch import nn
 
 __all__ = ["gpt2_linear_to_conv1d", "parallelize_transformer", "register_sharding_strategies"]
 
 _registered = False
+_DTENSOR = "torch.distributed.tensor"
+
+
+class _LoaderThen(importlib.abc.Loader):
+    """A module's own loader, then `then()` once the module has run."""
+
+    def __init__(self, loader, then):
+        self._loader, self._then = loader, then
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._then()
+
+    def __getattr__(self, name):  # get_code, is_package, resource readers, ...: the loader's own
+        return getattr(self._loader, name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then()` right after module `name` is first imported (found by the other finders)."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and the finders below find the real module
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderThen(spec.loader, self.then)
+        return spec
+
+
+def _register_quietly():
+    try:
+        register_sharding_strategies()
+    except Exception as e:  # never break the user's import of torch.distributed.tensor
+        warnings.warn(f"taskkernels: DTensor sharding strategies not registered: {e!r}", RuntimeWarning, stacklevel=2)
+
+
+def register_when_dtensor_loads() -> None:
+    """Registers the sharding strategies now if ``torch.distributed.tensor`` is loaded, else right
+    after its first import (called by ``import taskkernels``)."""
+    if _registered or not torch.distributed.is_available():
+        return
+    if _DTENSOR in sys.modules:
+        register_sharding_strategies()
+    elif not any(isinstance(f, _AfterImport) and f.name == _DTENSOR for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(_DTENSOR, _register_quietly))
 
 
 def _sharding_api():
@@ -44,8 +103,8 @@ def _sharding_api():
 
 
 def register_sharding_strategies() -> bool:
-    """Registers the DTensor sharding strategies of every taskkernels op (idempotent; done on
-    import when torch.distributed is available). Returns whether they are registered."""
+    """Registers the DTensor sharding strategies of every taskkernels op (idempotent; done when
+    DTensor loads, see :func:`register_when_dtensor_loads`). Returns whether they are registered."""
     global _registered
     if _registered:
         return True
