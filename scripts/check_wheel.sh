@@ -40,7 +40,7 @@ pip_install() {
     exit 1
   fi
 }
-pip_install "torch==$TORCH" numpy scipy pytest hypothesis expecttest "transformers==5.23.0" accelerate matplotlib tqdm
+pip_install "torch==$TORCH" numpy scipy pytest hypothesis expecttest "transformers==5.23.0" accelerate "peft==0.21.2" matplotlib tqdm
 pip_install --no-deps "$wheel"
 # Run outside the source tree's python/ (never on sys.path) so the installed wheel is what loads.
 "$VENV/bin/python" - "$TORCH" <<'PY'

@@ -422,6 +422,59 @@ def test_ctc_loss_on_our_op(saved):
     check_model(model, loss_and_backward(model, batch), ["ctc_nll", "attention_backward"], tensor_tol=GRAD)
 
 
+@pytest.mark.parametrize("order", ["optimize the PeftModel", "optimize, then get_peft_model"])
+def test_peft_lora_on_an_optimized_model(saved, tmp_path, order):
+    """LoRA (PEFT) on BERT, optimized before or after wrapping: the same logits, loss and LoRA
+    gradients as the plain PEFT model, our attention running; the adapter saves and loads, and
+    merge_and_unload keeps our attention."""
+    peft = pytest.importorskip("peft", reason="PEFT is in requirements-dev.txt")
+
+    def lora(base):
+        torch.manual_seed(0)  # init_lora_weights=False: random A and B, so the adapters change the logits
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0,
+                                 init_lora_weights=False)
+        return peft.get_peft_model(base, config)
+
+    def bert():  # dropout off: training-mode steps compare like inference
+        return transformers.BertForSequenceClassification.from_pretrained(
+            saved["bert-cls"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    tok = transformers.AutoTokenizer.from_pretrained(saved["bert-cls"])
+    batch = dict(tok(TEXTS, return_tensors="pt", padding=True), labels=torch.tensor([0, 2]))
+
+    def step(model):
+        model.train()
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return dict(logits=out.logits.detach(), loss=out.loss.item(),
+                    grads={n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    want = step(lora(bert()))
+    if order == "optimize the PeftModel":
+        model = lora(bert())
+        report = taskkernels.optimize(model)
+    else:
+        base = bert()
+        report = taskkernels.optimize(base)
+        model = lora(base)
+    assert report.by_op == {"attention": 2}, str(report)
+    got, calls = run_counting(lambda: step(model))
+    assert calls["attention"] and calls["attention_backward"], dict(calls)
+    assert len(got["grads"]) == 8 and all("lora_" in n or "classifier" in n for n in got["grads"]), list(got["grads"])
+    assert_same(got, want, tensor_tol=GRAD)
+
+    model.eval()
+    logits = model(**batch).logits
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = peft.PeftModel.from_pretrained(bert(), tmp_path / "adapter").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, logits, rtol=1e-4, atol=1e-5)
+    merged = model.merge_and_unload()
+    out, calls = run_counting(lambda: merged(**batch).logits)
+    assert calls["attention"], dict(calls)
+    torch.testing.assert_close(out, logits, rtol=1e-4, atol=1e-5)
+
+
 def test_trainer_steps_give_the_same_losses(saved, tmp_path):
     pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
     rng = torch.Generator().manual_seed(0)
