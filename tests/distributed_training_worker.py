@@ -239,3 +239,7 @@ def main(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    # Without the interpreter's teardown, where a thread of torch's c10d / gloo still joinable
+    # at static destruction once aborted a finished rank of sharding_worker.py.
+    sys.stdout.flush()
+    os._exit(0)
