@@ -514,6 +514,39 @@ def test_tensor_core_backward(dtype, D, features):
         assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D, unaligned", [(20, False), (72, False), (100, False), (64, True), (128, True)])
+def test_tensor_core_backward_pipeline_edges(dtype, D, unaligned):
+    """The backward's double-buffered tiles over several query and key tiles (150 x 200): head
+    dims off the 16-byte chunk (cp.async with a short source size), and tensors one element past a
+    16-byte boundary (every chunk on the element-load fallback), with causal and key padding."""
+    B, H, Nq, Nk = 1, 2, 150, 200
+
+    def make(n):
+        if not unaligned:
+            return torch.randn(B, H, n, D, device="cuda", dtype=dtype)
+        return torch.randn(B * H * n * D + 1, device="cuda", dtype=dtype)[1:].view(B, H, n, D)
+
+    tensors = [make(Nq), make(Nk), make(Nk)]
+    g = make(Nq)
+    kw = dict(causal=True, key_padding_mask=torch.rand(B, Nk, device="cuda") < 0.3)
+
+    def ours():  # grads() would clone the inputs onto aligned storage: differentiate the views
+        bases = [t._base.detach().requires_grad_(True) if unaligned else t.detach().requires_grad_(True)
+                 for t in tensors]
+        views = [b_[1:].view(t.shape) if unaligned else b_ for b_, t in zip(bases, tensors)]
+        assert all((v.data_ptr() % 16 != 0) == unaligned for v in views)
+        return torch.autograd.grad(taskkernels.attention(*views, **kw), views, g)
+
+    first, second = ours(), ours()
+    theirs = grads(reference.attention, tensors, g, **kw)
+    exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **kw)
+    for name, a, a2, b, c in zip("q k v".split(), first, second, theirs, exact):
+        assert torch.equal(a, a2), f"grad of {name} differs between two runs"
+        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
+
+
 # ---- the pipelined tensor-core forward's edges (cp.async / ldmatrix fallbacks) ----------------------
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -36,33 +36,11 @@ constexpr int kBlockM = 64, kBlockN = 64, kWarps = 4, kThreads = kWarps * 32;
 template <class T>
 using Mma = tc::Tc<T>;  // conversions and the mma of the element type (mma_common.cuh)
 
-// rows x HD tile (kBlockM rows from row0) of a (n, d) strided matrix into shared memory (row
-// stride LD), zero outside [0, n_valid) x [0, D). Chunks of 8 elements whose source is contiguous
-// and 16-byte aligned go by cp.async (the source size cut at D); the others by element loads,
-// stored at once. The caller commits the group and waits for it.
+// kBlockM rows of a strided (n, d) matrix into a tile (row stride HD + 8), by cp.async where it can.
 template <class T, int HD>
 __device__ __forceinline__ void load_tile(T* __restrict__ dst, const T* __restrict__ src, int64_t row0,
                                           int64_t n_valid, int64_t D, int64_t s_n, int64_t s_d) {
-  constexpr int LD = HD + 8, V = 8, PER_ROW = HD / V;
-  const T zero = Mma<T>::from_float(0.f);
-#pragma unroll
-  for (int idx = threadIdx.x; idx < kBlockM * PER_ROW; idx += kThreads) {
-    const int r = idx / PER_ROW, c = (idx % PER_ROW) * V;
-    const int64_t n = row0 + r;
-    T* out = dst + r * LD + c;
-    if (n < n_valid && c < D) {
-      const T* in = src + n * s_n + c * s_d;
-      if (s_d == 1 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
-        const int bytes = int(min(int64_t(V), D - c)) * int(sizeof(T));
-        ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(out, in, bytes);
-        continue;
-      }
-#pragma unroll
-      for (int e = 0; e < V; ++e) out[e] = (c + e < D) ? in[e * s_d] : zero;
-    } else {
-      *reinterpret_cast<uint4*>(out) = make_uint4(0u, 0u, 0u, 0u);
-    }
-  }
+  tc::load_rows_async<T, kBlockM, HD, HD + 8, kThreads>(dst, src, row0, n_valid, D, s_n, s_d);
 }
 
 // The first key tile from n0 on that some query of the block can see, or kend if none: with a
@@ -161,17 +139,13 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
     ptx::cp_async_commit_group();
     ptx::cp_async_wait_group<1>();
     __syncthreads();
-    // A fragment of rows warp*16.., columns 16ks..: matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15).
-    const T* q0 = Qs + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+    const T* q0 = Qs + warp * 16 * LD + tc::a_ldsm<LD>(lane);  // A fragments of this warp's rows
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) ptx::SM75_U32x4_LDSM_N::copy(qa[ks], q0 + ks * 16);
   }
 
-  // This lane's row addresses for ldmatrix: K (non-transposed, keys 0-7 | 8-15 of a 16-key pair by
-  // lane / 16, head columns 0-7 | 8-15 by (lane / 8) % 2) and V (.trans, keys by (lane / 8) % 2,
-  // head columns by lane / 16).
-  const int k_ld = ((lane / 16) * 8 + (lane % 8)) * LD + ((lane / 8) % 2) * 8;
-  const int v_ld = (((lane / 8) % 2) * 8 + (lane % 8)) * LD + (lane / 16) * 8;
+  // This lane's ldmatrix offsets: K's rows run along the keys (S's N), V's along the keys (PV's K).
+  const int k_ld = tc::b_ldsm<LD>(lane), v_ld = tc::bt_ldsm<LD>(lane);
 
   int buf = 0;
   while (n0 < kend) {
@@ -294,9 +268,8 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
       // 16kk..16kk+15; V's B fragments come transposed by ldmatrix, two head tiles at a time.
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const uint32_t pa[4] = {
-            Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-            Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t pa[4];
+        tc::acc_as_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
         for (int dp = 0; dp < DTILES / 2; ++dp) {
           uint32_t vb[4];  // b0 b1 of head tile 2dp, then of 2dp + 1

@@ -10,6 +10,11 @@
 //   dQ (and dbias): a block per (b, head, 64 queries), a warp per 16 queries; key tiles of 64
 //     stream through shared memory: S = Q K^T, dP = dO V^T, dS, dQ += dS K.
 //
+// The streamed tiles (Q and dO in the dK/dV pass, K and V in the dQ pass) are double-buffered:
+// the next visible tile's cp.async copies are in flight while the current one is computed. Every
+// mma operand comes from shared memory by ldmatrix (.trans where the tile's rows run along the
+// product's k dimension).
+//
 // P and dS enter the second products rounded to the input dtype (as in FlashAttention-2); the
 // accumulators are fp32. Masks, bias (and its gradient), causal, key padding, grouped-query
 // heads, dropout replay and masked attention's tile skipping as in the exact kernels.
@@ -33,12 +38,10 @@
 namespace taskkernels::cuda {
 namespace {
 
-using tc::a_frag;
 using tc::acc_as_a;
-using tc::col_pair;
-using tc::load_rows;
-using tc::pair;
 using tc::Tc;
+using LdsmN = ptx::SM75_U32x4_LDSM_N;  // ldmatrix x4
+using LdsmT = ptx::SM75_U16x8_LDSM_T;  // ldmatrix x4 .trans
 
 constexpr int kWarps = 4, kThreads = kWarps * 32, kTile = 64;  // keys (dK/dV) or queries (dQ) per block
 constexpr float kLog2e = 1.4426950408889634f;
@@ -89,32 +92,69 @@ __device__ __forceinline__ bool key_visible(const AttentionParams& p, int64_t b,
 // ---- dK, dV -------------------------------------------------------------------------------------
 template <int HD, int BM>
 struct KvSmem {
-  static constexpr int LD = HD + 8;  // rows stay 16-byte aligned; fewer bank conflicts
+  static constexpr int LD = HD + 8;  // rows stay 16-byte aligned; ldmatrix conflict-free
+  // K, V; then two stages of Q, dO and of the tile's lse (base 2), delta and blocked-key words.
   static constexpr size_t bytes(size_t elem) {
-    return (2 * kTile + 2 * BM) * LD * elem + 2 * BM * sizeof(float) + BM * sizeof(uint64_t);
+    return (2 * kTile + 4 * BM) * LD * elem + 2 * BM * (2 * sizeof(float) + sizeof(uint64_t));
   }
 };
 
+// rows [row0, row0 + R) of a strided (n, d) matrix into a tile of row stride HD + 8 (cp.async
+// where it can; the caller commits and waits).
+template <class T, int R, int HD>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row0, int64_t n, int64_t D, int64_t s_n,
+                                          int64_t s_d) {
+  tc::load_rows_async<T, R, HD, HD + 8, kThreads>(dst, src, row0, n, D, s_n, s_d);
+}
+
 template <class T, int HD, int BM>
 __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
-  constexpr int LD = KvSmem<HD, BM>::LD, KSTEPS = HD / 16, DTILES = HD / 8, QTILES = BM / 8;
+  constexpr int LD = KvSmem<HD, BM>::LD, KSTEPS = HD / 16, DTILES = HD / 8, QTILES = BM / 8, QT = BM * LD;
+  static_assert(HD % 16 == 0 && BM % 16 == 0, "ldmatrix x4 loads 16 x 16 blocks");
   const AttentionParams& p = bp.fwd;
   unsigned char* smem = dynamic_smem();
   T* Ks = reinterpret_cast<T*>(smem);
   T* Vs = Ks + kTile * LD;
-  T* Qs = Vs + kTile * LD;
-  T* dOs = Qs + BM * LD;
-  float* lse2 = reinterpret_cast<float*>(dOs + BM * LD);
-  float* dl = lse2 + BM;
-  uint64_t* words = reinterpret_cast<uint64_t*>(dl + BM);  // per query: blocked bits of this key tile
+  T* Qs = Vs + kTile * LD;  // two stages of BM rows
+  T* dOs = Qs + 2 * QT;     // two stages
+  float* lse2s = reinterpret_cast<float*>(dOs + 2 * QT);  // [2][BM]
+  float* dls = lse2s + 2 * BM;                            // [2][BM]
+  uint64_t* wordss = reinterpret_cast<uint64_t*>(dls + 2 * BM);  // [2][BM]: per query, blocked bits of this key tile
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, n0 = int64_t(blockIdx.x) * kTile;
   const int64_t nvalid = min(int64_t(kTile), p.Nk - n0), shift = p.Nk - p.Nq, group = p.H / p.Hk;
   const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
-  load_rows<T, kTile, HD, LD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
-  load_rows<T, kTile, HD, LD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+
+  // The (query head, query tile) pairs of this key tile, u = 0..U-1: head hk * group + u / tiles,
+  // queries from m_first + (u % tiles) * BM. Causal: earlier queries see none of these keys.
+  const int64_t m_first = p.causal ? max(int64_t(0), n0 - shift) / BM * BM : 0;
+  const int64_t tiles = m_first < p.Nq ? (p.Nq - m_first + BM - 1) / BM : 0, U = group * tiles;
+  // The first pair from u on that the per-query mask does not block outright (block-uniform).
+  auto next_pair = [&](int64_t u) {
+    for (; u < U; ++u)
+      if (!pair_blocked(p, b, m_first + (u % tiles) * BM, min(int64_t(BM), p.Nq - m_first - (u % tiles) * BM), n0,
+                        nvalid))
+        break;
+    return u;
+  };
+  // Pair u's Q and dO tiles (cp.async) and its per-query lse, delta and blocked bits into stage st.
+  auto load_pair = [&](int64_t u, int st) {
+    const int64_t h = hk * group + u / tiles, m0 = m_first + (u % tiles) * BM;
+    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+    const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
+    load_tile<T, BM, HD>(Qs + st * QT, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
+    load_tile<T, BM, HD>(dOs + st * QT, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
+    const float* lse = static_cast<const float*>(p.lse) + (b * p.H + h) * p.Nq;
+    const float* dlh = delta + (b * p.H + h) * p.Nq;
+    for (int r = threadIdx.x; r < BM; r += kThreads) {
+      const int64_t i = m0 + r;
+      lse2s[st * BM + r] = i < p.Nq ? lse[i] * kLog2e : -INFINITY;
+      dls[st * BM + r] = i < p.Nq ? dlh[i] : 0.f;
+      wordss[st * BM + r] = i < p.Nq ? tile_blocked_bits(p, b, i, n0, nvalid) : ~uint64_t(0);
+    }
+  };
 
   float dk[DTILES][4], dv[DTILES][4];
 #pragma unroll
@@ -122,74 +162,92 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[d][e] = dv[d][e] = 0.f;
 
-  const T* kw = Ks + warp * 16 * LD;  // this warp's 16 keys
-  const T* vw = Vs + warp * 16 * LD;
-  const int64_t key[2] = {n0 + warp * 16 + g, n0 + warp * 16 + g + 8};
-  const int64_t q_first = p.causal ? max(int64_t(0), n0 - shift) : 0;  // earlier queries see none of these keys
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-    const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
-    const float* lse = static_cast<const float*>(p.lse) + (b * p.H + h) * p.Nq;
-    const float* dlh = delta + (b * p.H + h) * p.Nq;
-    for (int64_t m0 = q_first / BM * BM; m0 < p.Nq; m0 += BM) {
-      if (pair_blocked(p, b, m0, min(int64_t(BM), p.Nq - m0), n0, nvalid)) continue;  // ends with a barrier
-      load_rows<T, BM, HD, LD>(Qs, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
-      load_rows<T, BM, HD, LD>(dOs, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
-      for (int r = threadIdx.x; r < BM; r += kThreads) {
-        const int64_t i = m0 + r;
-        lse2[r] = i < p.Nq ? lse[i] * kLog2e : -INFINITY;
-        dl[r] = i < p.Nq ? dlh[i] : 0.f;
-        words[r] = i < p.Nq ? tile_blocked_bits(p, b, i, n0, nvalid) : ~uint64_t(0);
-      }
-      __syncthreads();
+  // Prologue: K, V and the first pair in one group.
+  int64_t u = next_pair(0);
+  if (u < U) {
+    load_tile<T, kTile, HD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
+    load_tile<T, kTile, HD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+    load_pair(u, 0);
+  }
+  ptx::cp_async_commit_group();
 
-      // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x BM queries.
-      float s[QTILES][4], dp[QTILES][4];
+  const T* kw = Ks + warp * 16 * LD + tc::a_ldsm<LD>(lane);  // this warp's 16 keys, as A fragments
+  const T* vw = Vs + warp * 16 * LD + tc::a_ldsm<LD>(lane);
+  const int b_ld = tc::b_ldsm<LD>(lane), bt_ld = tc::bt_ldsm<LD>(lane);
+  const int64_t key[2] = {n0 + warp * 16 + g, n0 + warp * 16 + g + 8};
+  int st = 0;
+  while (u < U) {
+    // The next pair's copies go into the other stage (its readers passed the loop's last barrier);
+    // a group per pair, empty or not, so that waiting for all but the newest means this pair.
+    const int64_t u1 = next_pair(u + 1);
+    if (u1 < U) load_pair(u1, st ^ 1);
+    ptx::cp_async_commit_group();
+    ptx::cp_async_wait_group<1>();
+    __syncthreads();  // this pair's tiles, from every thread, are in
+
+    const int64_t h = hk * group + u / tiles, m0 = m_first + (u % tiles) * BM;
+    const T* Qb = Qs + st * QT;
+    const T* dOb = dOs + st * QT;
+    const float* lse2 = lse2s + st * BM;
+    const float* dl = dls + st * BM;
+    const uint64_t* words = wordss + st * BM;
+
+    // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x BM queries (Q's and dO's rows run
+    // along the queries: B fragments of two query tiles per ldmatrix).
+    float s[QTILES][4], dp[QTILES][4];
 #pragma unroll
-      for (int qt = 0; qt < QTILES; ++qt)
+    for (int qt = 0; qt < QTILES; ++qt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[qt][e] = dp[qt][e] = 0.f;
+      for (int e = 0; e < 4; ++e) s[qt][e] = dp[qt][e] = 0.f;
 #pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) {
-        uint32_t ka[4], va[4];
-        a_frag<T, LD>(ka, kw, ks * 16, g, t);
-        a_frag<T, LD>(va, vw, ks * 16, g, t);
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t ka[4], va[4];
+      LdsmN::copy(ka, kw + ks * 16);
+      LdsmN::copy(va, vw + ks * 16);
 #pragma unroll
-        for (int qt = 0; qt < QTILES; ++qt) {
-          const T* qr = Qs + (qt * 8 + g) * LD + ks * 16 + 2 * t;
-          const T* gr = dOs + (qt * 8 + g) * LD + ks * 16 + 2 * t;
-          Tc<T>::mma(s[qt], ka, pair(qr), pair(qr + 8));
-          Tc<T>::mma(dp[qt], va, pair(gr), pair(gr + 8));
-        }
+      for (int qp = 0; qp < QTILES / 2; ++qp) {
+        uint32_t qb[4], gb[4];
+        LdsmN::copy(qb, Qb + qp * 16 * LD + ks * 16 + b_ld);
+        LdsmN::copy(gb, dOb + qp * 16 * LD + ks * 16 + b_ld);
+        Tc<T>::mma(s[2 * qp], ka, qb[0], qb[1]);
+        Tc<T>::mma(s[2 * qp + 1], ka, qb[2], qb[3]);
+        Tc<T>::mma(dp[2 * qp], va, gb[0], gb[1]);
+        Tc<T>::mma(dp[2 * qp + 1], va, gb[2], gb[3]);
       }
-      // P^T (with dropout's factor) into s, dS^T into dp.
-#pragma unroll
-      for (int qt = 0; qt < QTILES; ++qt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = qt * 8 + 2 * t + (e & 1);
-          const int64_t i = m0 + r, j = key[e >> 1];
-          float pz, ds;
-          p_ds<T>(p, b, h, i, j, s[qt][e], dp[qt][e], lse2[r], dl[r], key_visible(p, b, i, j, words[r], n0), pz, ds);
-          s[qt][e] = pz;
-          dp[qt][e] = ds;
-        }
-      // dV += P^T dO, dK += dS^T Q: k = the tile's queries, 16 at a time.
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        uint32_t pa[4], da[4];
-        acc_as_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-        acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
-        const T* gr = dOs + (kk * 16 + 2 * t) * LD + g;
-        const T* qr = Qs + (kk * 16 + 2 * t) * LD + g;
-#pragma unroll
-        for (int d = 0; d < DTILES; ++d) {
-          Tc<T>::mma(dv[d], pa, col_pair<T, LD>(gr + d * 8), col_pair<T, LD>(gr + 8 * LD + d * 8));
-          Tc<T>::mma(dk[d], da, col_pair<T, LD>(qr + d * 8), col_pair<T, LD>(qr + 8 * LD + d * 8));
-        }
-      }
-      __syncthreads();  // before the next query tile overwrites Q, dO, lse2, delta, words
     }
+    // P^T (with dropout's factor) into s, dS^T into dp.
+#pragma unroll
+    for (int qt = 0; qt < QTILES; ++qt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = qt * 8 + 2 * t + (e & 1);
+        const int64_t i = m0 + r, j = key[e >> 1];
+        float pz, ds;
+        p_ds<T>(p, b, h, i, j, s[qt][e], dp[qt][e], lse2[r], dl[r], key_visible(p, b, i, j, words[r], n0), pz, ds);
+        s[qt][e] = pz;
+        dp[qt][e] = ds;
+      }
+    // dV += P^T dO, dK += dS^T Q: k = the tile's queries, 16 at a time (dO's and Q's rows run
+    // along k: .trans gives the B fragments of two head tiles per ldmatrix).
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      uint32_t pa[4], da[4];
+      acc_as_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+      acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int d2 = 0; d2 < DTILES / 2; ++d2) {
+        uint32_t gb[4], qb[4];
+        LdsmT::copy(gb, dOb + kk * 16 * LD + d2 * 16 + bt_ld);
+        LdsmT::copy(qb, Qb + kk * 16 * LD + d2 * 16 + bt_ld);
+        Tc<T>::mma(dv[2 * d2], pa, gb[0], gb[1]);
+        Tc<T>::mma(dv[2 * d2 + 1], pa, gb[2], gb[3]);
+        Tc<T>::mma(dk[2 * d2], da, qb[0], qb[1]);
+        Tc<T>::mma(dk[2 * d2 + 1], da, qb[2], qb[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before the next pair's copies reuse it
+    u = u1;
+    st ^= 1;
   }
 
   // dK (times the scale), dV: (B, Hk, Nk, D) contiguous.
@@ -217,18 +275,19 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
 template <int HD>
 struct QSmem {
   static constexpr int LD = HD + 8;
-  static constexpr size_t bytes(size_t elem) { return 4 * kTile * LD * elem; }
+  static constexpr size_t bytes(size_t elem) { return 6 * kTile * LD * elem; }  // Q, dO, then K, V twice
 };
 
 template <class T, int HD>
 __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
-  constexpr int LD = QSmem<HD>::LD, KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kTile / 8;
+  constexpr int LD = QSmem<HD>::LD, KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kTile / 8, TILE = kTile * LD;
+  static_assert(HD % 16 == 0, "ldmatrix x4 loads 16 x 16 blocks");
   const AttentionParams& p = bp.fwd;
   unsigned char* smem = dynamic_smem();
   T* Qs = reinterpret_cast<T*>(smem);
-  T* dOs = Qs + kTile * LD;
-  T* Ks = dOs + kTile * LD;
-  T* Vs = Ks + kTile * LD;
+  T* dOs = Qs + TILE;
+  T* Ks = dOs + TILE;     // two stages
+  T* Vs = Ks + 2 * TILE;  // two stages
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, m0 = int64_t(blockIdx.x) * kTile;
@@ -237,8 +296,6 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
   const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
   const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + kv_head(p, h) * p.k_stride[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + kv_head(p, h) * p.v_stride[1];
-  load_rows<T, kTile, HD, LD>(Qs, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
-  load_rows<T, kTile, HD, LD>(dOs, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
 
   // This thread's two query rows, their lse (base 2) and delta.
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
@@ -255,22 +312,50 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
 #pragma unroll
     for (int e = 0; e < 4; ++e) dq[d][e] = 0.f;
 
-  const T* qw = Qs + warp * 16 * LD;
-  const T* gw = dOs + warp * 16 * LD;
   float* dbias = static_cast<float*>(bp.dbias);  // zero-filled: skipped pairs keep their zeros
   // Causal: keys past the tile's last row's limit are invisible to all of it.
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), m0 + mvalid + shift)) : p.Nk;
-  for (int64_t n0 = 0; n0 < kend; n0 += kTile) {
+  // The first key tile from n0 on that the per-query mask does not block outright (block-uniform).
+  auto next_tile = [&](int64_t n0) {
+    for (; n0 < kend; n0 += kTile)
+      if (!pair_blocked(p, b, m0, mvalid, n0, min(int64_t(kTile), p.Nk - n0))) break;
+    return min(n0, kend);
+  };
+  auto load_kv = [&](int64_t n0, int st) {
+    load_tile<T, kTile, HD>(Ks + st * TILE, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
+    load_tile<T, kTile, HD>(Vs + st * TILE, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+  };
+
+  // Prologue: Q, dO and the first key tile in one group.
+  int64_t n0 = next_tile(0);
+  if (n0 < kend) {
+    load_tile<T, kTile, HD>(Qs, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
+    load_tile<T, kTile, HD>(dOs, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
+    load_kv(n0, 0);
+  }
+  ptx::cp_async_commit_group();
+
+  const T* qw = Qs + warp * 16 * LD + tc::a_ldsm<LD>(lane);  // this warp's 16 queries, as A fragments
+  const T* gw = dOs + warp * 16 * LD + tc::a_ldsm<LD>(lane);
+  const int b_ld = tc::b_ldsm<LD>(lane), bt_ld = tc::bt_ldsm<LD>(lane);
+  int st = 0;
+  while (n0 < kend) {
+    // The next tile's copies into the other stage, a group per tile (as in the dK/dV pass).
+    const int64_t n1 = next_tile(n0 + kTile);
+    if (n1 < kend) load_kv(n1, st ^ 1);
+    ptx::cp_async_commit_group();
+    ptx::cp_async_wait_group<1>();
+    __syncthreads();  // this tile's copies, from every thread, are in
+
     const int64_t nvalid = min(int64_t(kTile), p.Nk - n0);
-    if (pair_blocked(p, b, m0, mvalid, n0, nvalid)) continue;  // ends with a barrier
-    load_rows<T, kTile, HD, LD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
-    load_rows<T, kTile, HD, LD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+    const T* Kb = Ks + st * TILE;
+    const T* Vb = Vs + st * TILE;
     uint64_t words[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) words[r] = row[r] < p.Nq ? tile_blocked_bits(p, b, row[r], n0, nvalid) : ~uint64_t(0);
-    __syncthreads();
 
-    // S = Q K^T, dP = dO V^T: this warp's 16 queries x 64 keys.
+    // S = Q K^T, dP = dO V^T: this warp's 16 queries x 64 keys (K's and V's rows run along the
+    // keys: B fragments of two key tiles per ldmatrix).
     float s[NTILES][4], dp[NTILES][4];
 #pragma unroll
     for (int nt = 0; nt < NTILES; ++nt)
@@ -279,14 +364,17 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
       uint32_t qa[4], ga[4];
-      a_frag<T, LD>(qa, qw, ks * 16, g, t);
-      a_frag<T, LD>(ga, gw, ks * 16, g, t);
+      LdsmN::copy(qa, qw + ks * 16);
+      LdsmN::copy(ga, gw + ks * 16);
 #pragma unroll
-      for (int nt = 0; nt < NTILES; ++nt) {
-        const T* kr = Ks + (nt * 8 + g) * LD + ks * 16 + 2 * t;
-        const T* vr = Vs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
-        Tc<T>::mma(s[nt], qa, pair(kr), pair(kr + 8));
-        Tc<T>::mma(dp[nt], ga, pair(vr), pair(vr + 8));
+      for (int np = 0; np < NTILES / 2; ++np) {
+        uint32_t kb[4], vb[4];
+        LdsmN::copy(kb, Kb + np * 16 * LD + ks * 16 + b_ld);
+        LdsmN::copy(vb, Vb + np * 16 * LD + ks * 16 + b_ld);
+        Tc<T>::mma(s[2 * np], qa, kb[0], kb[1]);
+        Tc<T>::mma(s[2 * np + 1], qa, kb[2], kb[3]);
+        Tc<T>::mma(dp[2 * np], ga, vb[0], vb[1]);
+        Tc<T>::mma(dp[2 * np + 1], ga, vb[2], vb[3]);
       }
     }
     // dS into dp (and dbias).
@@ -301,17 +389,23 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
         dp[nt][e] = ds;
         if (dbias && i < p.Nq && j < p.Nk) dbias[((b * p.H + h) * p.Nq + i) * p.Nk + j] = ds;
       }
-    // dQ += dS K: k = the tile's keys, 16 at a time.
+    // dQ += dS K: k = the tile's keys, 16 at a time (K's rows run along k: .trans gives the B
+    // fragments of two head tiles per ldmatrix).
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
       uint32_t da[4];
       acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
-      const T* kr = Ks + (kk * 16 + 2 * t) * LD + g;
 #pragma unroll
-      for (int d = 0; d < DTILES; ++d)
-        Tc<T>::mma(dq[d], da, col_pair<T, LD>(kr + d * 8), col_pair<T, LD>(kr + 8 * LD + d * 8));
+      for (int d2 = 0; d2 < DTILES / 2; ++d2) {
+        uint32_t kb[4];
+        LdsmT::copy(kb, Kb + kk * 16 * LD + d2 * 16 + bt_ld);
+        Tc<T>::mma(dq[2 * d2], da, kb[0], kb[1]);
+        Tc<T>::mma(dq[2 * d2 + 1], da, kb[2], kb[3]);
+      }
     }
-    __syncthreads();  // before the next key tile overwrites K and V
+    __syncthreads();  // every warp is done with this stage before the next tile's copies reuse it
+    n0 = n1;
+    st ^= 1;
   }
 
   const float scale = float(p.scale);

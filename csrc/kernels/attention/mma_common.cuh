@@ -1,6 +1,6 @@
 // The fp16 / bf16 tensor-core pieces shared by the attention kernels (mma.sync m16n8k16, fp32
 // accumulators): the element type's conversions and mma, fragment loads from shared-memory tiles,
-// accumulators reused as A operands, and the tile loader.
+// accumulators reused as A operands, and the cp.async tile loader.
 //
 // Fragment layouts (kernels/common/ptx.cuh; g = lane / 4, t = lane % 4):
 //   A (16x16, row):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
@@ -46,25 +46,27 @@ struct Tc<__nv_bfloat16> {
   }
 };
 
-// Two consecutive 16-bit elements of a shared-memory row as one register.
-template <class T>
-__device__ __forceinline__ uint32_t pair(const T* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+// This lane's offset (in elements, row stride LD) for one ldmatrix x4 (kernels/common/ptx.cuh;
+// lane l names row l % 8 of 8x8 matrix l / 8) of a 16 x 16 block at the tile's origin:
+//   a_ldsm:  the A fragment of 16 rows (M) x 16 columns (K) of a row-major tile: matrices
+//            (rows 0-7 | 8-15) x (columns 0-7 | 8-15) in the order a0..a3.
+//   b_ldsm:  the B fragments of two n-tiles from rows that run along N (k contiguous, as K in
+//            S = Q K^T): d[0] d[1] are b0 b1 of rows 0-7, d[2] d[3] of rows 8-15.
+//   bt_ldsm: the same from rows that run along K (n contiguous, as V in O = P V), with .trans:
+//            d[0] d[1] are b0 b1 of columns 0-7, d[2] d[3] of columns 8-15.
+template <int LD>
+__device__ __forceinline__ int a_ldsm(int lane) {
+  return ((lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
 }
-// The same column of two consecutive rows (row stride LD) as one register: lo, hi.
-template <class T, int LD>
-__device__ __forceinline__ uint32_t col_pair(const T* p) {
-  return uint32_t(*reinterpret_cast<const uint16_t*>(p)) | (uint32_t(*reinterpret_cast<const uint16_t*>(p + LD)) << 16);
+template <int LD>
+__device__ __forceinline__ int b_ldsm(int lane) {
+  return ((lane / 16) * 8 + (lane % 8)) * LD + ((lane / 8) % 2) * 8;
 }
-// The A fragment (16 rows from `rows`, row stride LD, columns k0..k0+15) of a row-major tile.
-template <class T, int LD>
-__device__ __forceinline__ void a_frag(uint32_t (&a)[4], const T* rows, int k0, int g, int t) {
-  const T* r0 = rows + g * LD + k0 + 2 * t;
-  a[0] = pair(r0);
-  a[1] = pair(r0 + 8 * LD);
-  a[2] = pair(r0 + 8);
-  a[3] = pair(r0 + 8 * LD + 8);
+template <int LD>
+__device__ __forceinline__ int bt_ldsm(int lane) {
+  return (((lane / 8) % 2) * 8 + (lane % 8)) * LD + (lane / 16) * 8;
 }
+
 // The A fragment of keys/queries 16kk..16kk+15 from C accumulators of n-tiles 2kk and 2kk+1.
 template <class T>
 __device__ __forceinline__ void acc_as_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
@@ -74,28 +76,31 @@ __device__ __forceinline__ void acc_as_a(uint32_t (&a)[4], const float (&lo)[4],
   a[3] = Tc<T>::pack(hi[2], hi[3]);
 }
 
-// rows [row0, row0 + R) x [0, HD) of a (n, d) strided matrix into shared memory (row stride LD),
-// zero outside [0, n) x [0, D); 16-byte loads where the head dimension is contiguous and aligned.
-template <class T, int R, int HD, int LD>
-__device__ __forceinline__ void load_rows(T* __restrict__ dst, const T* __restrict__ src, int64_t row0, int64_t n,
-                                          int64_t D, int64_t s_n, int64_t s_d) {
+// R rows from row0 x [0, HD) of a (n, d) strided matrix into shared memory (row stride LD), zero
+// outside [0, n_valid) x [0, D), by the block's NT threads. Chunks of 8 elements whose source is
+// contiguous and 16-byte aligned go by cp.async (the source size cut at D); the others by element
+// loads, stored at once. The caller commits the group and waits for it.
+template <class T, int R, int HD, int LD, int NT>
+__device__ __forceinline__ void load_rows_async(T* __restrict__ dst, const T* __restrict__ src, int64_t row0,
+                                                int64_t n_valid, int64_t D, int64_t s_n, int64_t s_d) {
   constexpr int V = 8, PER_ROW = HD / V;
   const T zero = Tc<T>::from_float(0.f);
-  for (int idx = threadIdx.x; idx < R * PER_ROW; idx += blockDim.x) {
+#pragma unroll
+  for (int idx = threadIdx.x; idx < R * PER_ROW; idx += NT) {
     const int r = idx / PER_ROW, c = (idx % PER_ROW) * V;
-    const int64_t row = row0 + r;
+    const int64_t n = row0 + r;
     T* out = dst + r * LD + c;
-    if (row < n) {
-      const T* in = src + row * s_n + c * s_d;
-      if (s_d == 1 && c + V <= D && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
-        *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(in);
+    if (n < n_valid && c < D) {
+      const T* in = src + n * s_n + c * s_d;
+      if (s_d == 1 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
+        const int bytes = int(min(int64_t(V), D - c)) * int(sizeof(T));
+        ptx::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL::copy(out, in, bytes);
         continue;
       }
 #pragma unroll
-      for (int e = 0; e < V; ++e) out[e] = c + e < D ? in[e * s_d] : zero;
+      for (int e = 0; e < V; ++e) out[e] = (c + e < D) ? in[e * s_d] : zero;
     } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) out[e] = zero;
+      *reinterpret_cast<uint4*>(out) = make_uint4(0u, 0u, 0u, 0u);
     }
   }
 }
