@@ -190,16 +190,20 @@ def test_gradients_match_reference(device, dtype, shape, density):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, D", [(torch.float32, 32), (torch.bfloat16, 32), (torch.float16, 128)], ids=str)
 @pytest.mark.parametrize("kind", ["band", "blobs"])
-def test_gradients_with_skipped_tiles(device, kind):
-    q, k, v = qkv(2, 2, 130, 1024, 32, torch.float32, device)
+def test_gradients_with_skipped_tiles(device, dtype, D, kind):
+    """Blocked (query tile, key tile) pairs skipped in both backward passes: the exact kernels
+    (float32) and, on CUDA, the tensor-core passes, whose pipelines then fetch the next unblocked
+    tile (64-key tiles at head dim 32, 32-key tiles in the dQ pass at 128)."""
+    q, k, v = qkv(2, 2, 130, 1024, D, dtype, device)
     mask = random_mask(2, 130, 1024, 0.1, device, kind)
-    g = torch.randn(2, 2, 130, 32, device=device)
+    g = torch.randn(2, 2, 130, D, device=device, dtype=dtype)
     ours = grads(taskkernels.masked_attention, (q, k, v), g, mask)
     theirs = grads(reference.masked_attention, (q, k, v), g, mask)
     exact = grads(reference.masked_attention, to64(q, k, v), g.double().cpu(), mask.cpu())
     for name, a, b, c in zip("qkv", ours, theirs, exact):
-        assert_within_reference_error(a, b, c, torch.float32, what=f"grad of {name}", floor=attention_grad_floor(torch.float32))
+        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -325,17 +325,7 @@ template <class T, int HD>
 cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
   constexpr int LD = HD + 8;
   constexpr size_t smem = size_t(kBlockM + 4 * kBlockN) * LD * sizeof(T);  // Q, then K and V twice
-  if constexpr (smem > 48 * 1024) {  // above the default limit: raise it, once per device
-    static bool raised[64] = {};
-    int dev = 0;
-    cudaError_t err = cudaGetDevice(&dev);
-    if (err != cudaSuccess) return err;
-    if (dev >= 64 || !raised[dev]) {
-      err = cudaFuncSetAttribute(attention_mma_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      if (err != cudaSuccess) return err;
-      if (dev < 64) raised[dev] = true;
-    }
-  }
+  if (cudaError_t err = allow_dynamic_smem<attention_mma_kernel<T, HD>, smem>(); err != cudaSuccess) return err;
   const dim3 grid{unsigned((p.Nq + kBlockM - 1) / kBlockM), unsigned(p.H), unsigned(p.B)};
   return launch_kernel(attention_mma_kernel<T, HD>, grid, kThreads, smem, stream, p);
 }

@@ -139,20 +139,34 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
         break;
     return u;
   };
-  // Pair u's Q and dO tiles (cp.async) and its per-query lse, delta and blocked bits into stage st.
+  // Pair u's Q and dO tiles into stage st (cp.async), and its per-query lse, delta and blocked
+  // bits into this thread's registers (thread r < BM holds query r's), read while the current pair
+  // is computed and stored into the stage after it (store_side), so no thread waits on them.
+  static_assert(BM <= kThreads, "one query's lse, delta and mask word per thread");
+  float side_lse2 = -INFINITY, side_dl = 0.f;
+  uint64_t side_word = ~uint64_t(0);
   auto load_pair = [&](int64_t u, int st) {
     const int64_t h = hk * group + u / tiles, m0 = m_first + (u % tiles) * BM;
     const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
     const T* gg = static_cast<const T*>(bp.grad_out) + b * bp.grad_out_stride[0] + h * bp.grad_out_stride[1];
     load_tile<T, BM, HD>(Qs + st * QT, qg, m0, p.Nq, p.D, p.q_stride[2], p.q_stride[3]);
     load_tile<T, BM, HD>(dOs + st * QT, gg, m0, p.Nq, p.D, bp.grad_out_stride[2], bp.grad_out_stride[3]);
-    const float* lse = static_cast<const float*>(p.lse) + (b * p.H + h) * p.Nq;
-    const float* dlh = delta + (b * p.H + h) * p.Nq;
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
-      const int64_t i = m0 + r;
-      lse2s[st * BM + r] = i < p.Nq ? lse[i] * kLog2e : -INFINITY;
-      dls[st * BM + r] = i < p.Nq ? dlh[i] : 0.f;
-      wordss[st * BM + r] = i < p.Nq ? tile_blocked_bits(p, b, i, n0, nvalid) : ~uint64_t(0);
+    const int64_t i = m0 + threadIdx.x;
+    if (threadIdx.x < BM && i < p.Nq) {
+      side_lse2 = static_cast<const float*>(p.lse)[(b * p.H + h) * p.Nq + i] * kLog2e;
+      side_dl = delta[(b * p.H + h) * p.Nq + i];
+      side_word = tile_blocked_bits(p, b, i, n0, nvalid);
+    } else {
+      side_lse2 = -INFINITY;
+      side_dl = 0.f;
+      side_word = ~uint64_t(0);
+    }
+  };
+  auto store_side = [&](int st) {
+    if (threadIdx.x < BM) {
+      lse2s[st * BM + threadIdx.x] = side_lse2;
+      dls[st * BM + threadIdx.x] = side_dl;
+      wordss[st * BM + threadIdx.x] = side_word;
     }
   };
 
@@ -168,6 +182,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
     load_tile<T, kTile, HD>(Ks, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
     load_tile<T, kTile, HD>(Vs, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
     load_pair(u, 0);
+    store_side(0);
   }
   ptx::cp_async_commit_group();
 
@@ -245,6 +260,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
         Tc<T>::mma(dk[2 * d2 + 1], da, qb[2], qb[3]);
       }
     }
+    if (u1 < U) store_side(st ^ 1);  // published by the next iteration's first barrier
     __syncthreads();  // every warp is done with this stage before the next pair's copies reuse it
     u = u1;
     st ^= 1;
@@ -272,22 +288,25 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
 }
 
 // ---- dQ (and dbias) -----------------------------------------------------------------------------
-template <int HD>
+// BN = keys per tile of the dQ pass: 64, or 32 at head dim 128, where 64 would need 102 KB of
+// shared memory (over sm_86/sm_89's 99 KB).
+template <int HD, int BN>
 struct QSmem {
   static constexpr int LD = HD + 8;
-  static constexpr size_t bytes(size_t elem) { return 6 * kTile * LD * elem; }  // Q, dO, then K, V twice
+  static constexpr size_t bytes(size_t elem) { return (2 * kTile + 4 * BN) * LD * elem; }  // Q, dO, then K, V twice
 };
 
-template <class T, int HD>
-__global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
-  constexpr int LD = QSmem<HD>::LD, KSTEPS = HD / 16, DTILES = HD / 8, NTILES = kTile / 8, TILE = kTile * LD;
-  static_assert(HD % 16 == 0, "ldmatrix x4 loads 16 x 16 blocks");
+template <class T, int HD, int BN>
+__global__ void __launch_bounds__(kThreads, 2) dq_mma_kernel(AttentionBackwardParams bp, const float* __restrict__ delta) {
+  constexpr int LD = QSmem<HD, BN>::LD, KSTEPS = HD / 16, DTILES = HD / 8, NTILES = BN / 8, TILE = kTile * LD,
+                KVT = BN * LD;
+  static_assert(HD % 16 == 0 && BN % 16 == 0 && 64 % BN == 0, "ldmatrix x4 loads 16 x 16 blocks; a key tile within a mask word");
   const AttentionParams& p = bp.fwd;
   unsigned char* smem = dynamic_smem();
   T* Qs = reinterpret_cast<T*>(smem);
   T* dOs = Qs + TILE;
-  T* Ks = dOs + TILE;     // two stages
-  T* Vs = Ks + 2 * TILE;  // two stages
+  T* Ks = dOs + TILE;    // two stages of BN keys
+  T* Vs = Ks + 2 * KVT;  // two stages
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, m0 = int64_t(blockIdx.x) * kTile;
@@ -317,13 +336,13 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
   const int64_t kend = p.causal ? min(p.Nk, max(int64_t(0), m0 + mvalid + shift)) : p.Nk;
   // The first key tile from n0 on that the per-query mask does not block outright (block-uniform).
   auto next_tile = [&](int64_t n0) {
-    for (; n0 < kend; n0 += kTile)
-      if (!pair_blocked(p, b, m0, mvalid, n0, min(int64_t(kTile), p.Nk - n0))) break;
+    for (; n0 < kend; n0 += BN)
+      if (!pair_blocked(p, b, m0, mvalid, n0, min(int64_t(BN), p.Nk - n0))) break;
     return min(n0, kend);
   };
   auto load_kv = [&](int64_t n0, int st) {
-    load_tile<T, kTile, HD>(Ks + st * TILE, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
-    load_tile<T, kTile, HD>(Vs + st * TILE, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
+    load_tile<T, BN, HD>(Ks + st * KVT, kg, n0, p.Nk, p.D, p.k_stride[2], p.k_stride[3]);
+    load_tile<T, BN, HD>(Vs + st * KVT, vg, n0, p.Nk, p.D, p.v_stride[2], p.v_stride[3]);
   };
 
   // Prologue: Q, dO and the first key tile in one group.
@@ -341,20 +360,20 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
   int st = 0;
   while (n0 < kend) {
     // The next tile's copies into the other stage, a group per tile (as in the dK/dV pass).
-    const int64_t n1 = next_tile(n0 + kTile);
+    const int64_t n1 = next_tile(n0 + BN);
     if (n1 < kend) load_kv(n1, st ^ 1);
     ptx::cp_async_commit_group();
     ptx::cp_async_wait_group<1>();
     __syncthreads();  // this tile's copies, from every thread, are in
 
-    const int64_t nvalid = min(int64_t(kTile), p.Nk - n0);
-    const T* Kb = Ks + st * TILE;
-    const T* Vb = Vs + st * TILE;
+    const int64_t nvalid = min(int64_t(BN), p.Nk - n0);
+    const T* Kb = Ks + st * KVT;
+    const T* Vb = Vs + st * KVT;
     uint64_t words[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) words[r] = row[r] < p.Nq ? tile_blocked_bits(p, b, row[r], n0, nvalid) : ~uint64_t(0);
 
-    // S = Q K^T, dP = dO V^T: this warp's 16 queries x 64 keys (K's and V's rows run along the
+    // S = Q K^T, dP = dO V^T: this warp's 16 queries x BN keys (K's and V's rows run along the
     // keys: B fragments of two key tiles per ldmatrix).
     float s[NTILES][4], dp[NTILES][4];
 #pragma unroll
@@ -392,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
     // dQ += dS K: k = the tile's keys, 16 at a time (K's rows run along k: .trans gives the B
     // fragments of two head tiles per ldmatrix).
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
+    for (int kk = 0; kk < BN / 16; ++kk) {
       uint32_t da[4];
       acc_as_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
@@ -425,41 +444,35 @@ __global__ void __launch_bounds__(kThreads) dq_mma_kernel(AttentionBackwardParam
 }
 
 // ---- launch -------------------------------------------------------------------------------------
-template <class K>
-cudaError_t allow_smem(K kernel, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-}
-
-template <class T, int HD, int BM>
+template <class T, int HD, int BM, int BN>
 cudaError_t launch(const AttentionBackwardParams& bp, const float* delta, cudaStream_t stream) {
   const AttentionParams& p = bp.fwd;
   cudaError_t err = cudaSuccess;
   if (p.Nk > 0) {
     constexpr size_t smem = KvSmem<HD, BM>::bytes(sizeof(T));
-    if ((err = allow_smem(dkdv_mma_kernel<T, HD, BM>, smem)) != cudaSuccess) return err;
+    if ((err = allow_dynamic_smem<dkdv_mma_kernel<T, HD, BM>, smem>()) != cudaSuccess) return err;
     const dim3 grid{unsigned((p.Nk + kTile - 1) / kTile), unsigned(p.Hk), unsigned(p.B)};
     if ((err = launch_kernel(dkdv_mma_kernel<T, HD, BM>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
   }
   if (p.Nq > 0) {
-    constexpr size_t smem = QSmem<HD>::bytes(sizeof(T));
-    if ((err = allow_smem(dq_mma_kernel<T, HD>, smem)) != cudaSuccess) return err;
+    constexpr size_t smem = QSmem<HD, BN>::bytes(sizeof(T));
+    if ((err = allow_dynamic_smem<dq_mma_kernel<T, HD, BN>, smem>()) != cudaSuccess) return err;
     const dim3 grid{unsigned((p.Nq + kTile - 1) / kTile), unsigned(p.H), unsigned(p.B)};
-    if ((err = launch_kernel(dq_mma_kernel<T, HD>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
+    if ((err = launch_kernel(dq_mma_kernel<T, HD, BN>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
 
-// Query tile of the dK/dV pass: 64 rows up to head dim 64, 32 above (the dK, dV accumulators of
-// 16 keys x HD then take most of a thread's registers).
+// BM = query tile of the dK/dV pass: 64 rows up to head dim 64, 32 above (the dK, dV accumulators
+// of 16 keys x HD then take most of a thread's registers). BN = key tile of the dQ pass (QSmem).
 template <class T>
 cudaError_t launch_head_dim(const AttentionBackwardParams& bp, const float* delta, cudaStream_t stream) {
   const int64_t D = bp.fwd.D;
-  if (D <= 32) return launch<T, 32, 64>(bp, delta, stream);
-  if (D <= 64) return launch<T, 64, 64>(bp, delta, stream);
-  if (D <= 80) return launch<T, 80, 16>(bp, delta, stream);  // 32 spills 8 bytes on sm_80
-  if (D <= 96) return launch<T, 96, 32>(bp, delta, stream);
-  return launch<T, 128, 32>(bp, delta, stream);
+  if (D <= 32) return launch<T, 32, 64, 64>(bp, delta, stream);
+  if (D <= 64) return launch<T, 64, 64, 64>(bp, delta, stream);
+  if (D <= 80) return launch<T, 80, 16, 64>(bp, delta, stream);  // BM 32 spills 8 bytes on sm_80
+  if (D <= 96) return launch<T, 96, 32, 64>(bp, delta, stream);
+  return launch<T, 128, 32, 32>(bp, delta, stream);
 }
 
 }  // namespace
