@@ -479,6 +479,16 @@ def test_dropout_on_cuda_matches_cpu(dtype):
 
 
 # ---- the tensor-core backward (fp16 / bf16, head dims up to 128) ---------------------------------
+def check_repeatable_grads(ours, tensors, g, dtype, **ref_kw):
+    """ours() twice: bit for bit the same gradients, each within the reference-error rule."""
+    first, second = ours(), ours()
+    theirs = grads(reference.attention, tensors, g, **ref_kw)
+    exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **ref_kw)
+    for name, a, a2, b, c in zip("q k v bias".split(), first, second, theirs, exact):
+        assert torch.equal(a, a2), f"grad of {name} differs between two runs"
+        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("D", [32, 64, 80, 96, 128])
@@ -506,12 +516,7 @@ def test_tensor_core_backward(dtype, D, features):
         return grads(taskkernels.attention, tensors, g, **dict(kw, generator=torch.Generator().manual_seed(11))
                      if "generator" in kw else kw)
 
-    first, second = ours(), ours()
-    theirs = grads(reference.attention, tensors, g, **ref_kw)
-    exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **ref_kw)
-    for name, a, a2, b, c in zip("q k v bias".split(), first, second, theirs, exact):
-        assert torch.equal(a, a2), f"grad of {name} differs between two runs"
-        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
+    check_repeatable_grads(ours, tensors, g, dtype, **ref_kw)
 
 
 @requires_cuda
@@ -539,12 +544,7 @@ def test_tensor_core_backward_pipeline_edges(dtype, D, unaligned):
         assert all((v.data_ptr() % 16 != 0) == unaligned for v in views)
         return torch.autograd.grad(taskkernels.attention(*views, **kw), views, g)
 
-    first, second = ours(), ours()
-    theirs = grads(reference.attention, tensors, g, **kw)
-    exact = grads(reference.attention, [t.double() for t in tensors], g.double(), **kw)
-    for name, a, a2, b, c in zip("q k v".split(), first, second, theirs, exact):
-        assert torch.equal(a, a2), f"grad of {name} differs between two runs"
-        assert_within_reference_error(a, b, c, dtype, what=f"grad of {name}", floor=attention_grad_floor(dtype))
+    check_repeatable_grads(ours, tensors, g, dtype, **kw)
 
 
 # ---- the pipelined tensor-core forward's edges (cp.async / ldmatrix fallbacks) ----------------------

@@ -179,8 +179,7 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
         for (int np = 0; np < NTILES / 2; ++np) {
           uint32_t kb[4];  // b0 b1 of key tile 2np, then of 2np + 1
           ptx::SM75_U32x4_LDSM_N::copy(kb, Kb + np * 16 * LD + ks * 16 + k_ld);
-          Mma<T>::mma(s[2 * np], qa[ks], kb[0], kb[1]);
-          Mma<T>::mma(s[2 * np + 1], qa[ks], kb[2], kb[3]);
+          tc::mma_x2<T>(s[2 * np], s[2 * np + 1], qa[ks], kb);
         }
 
       // What this thread's rows may see of the tile, as one 64-bit word per row, built once per
@@ -274,8 +273,7 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
         for (int dp = 0; dp < DTILES / 2; ++dp) {
           uint32_t vb[4];  // b0 b1 of head tile 2dp, then of 2dp + 1
           ptx::SM75_U16x8_LDSM_T::copy(vb, Vb + kk * 16 * LD + dp * 16 + v_ld);
-          Mma<T>::mma(acc_o[2 * dp], pa, vb[0], vb[1]);
-          Mma<T>::mma(acc_o[2 * dp + 1], pa, vb[2], vb[3]);
+          tc::mma_x2<T>(acc_o[2 * dp], acc_o[2 * dp + 1], pa, vb);
         }
       }
     }

@@ -224,10 +224,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
         uint32_t qb[4], gb[4];
         LdsmN::copy(qb, Qb + qp * 16 * LD + ks * 16 + b_ld);
         LdsmN::copy(gb, dOb + qp * 16 * LD + ks * 16 + b_ld);
-        Tc<T>::mma(s[2 * qp], ka, qb[0], qb[1]);
-        Tc<T>::mma(s[2 * qp + 1], ka, qb[2], qb[3]);
-        Tc<T>::mma(dp[2 * qp], va, gb[0], gb[1]);
-        Tc<T>::mma(dp[2 * qp + 1], va, gb[2], gb[3]);
+        tc::mma_x2<T>(s[2 * qp], s[2 * qp + 1], ka, qb);
+        tc::mma_x2<T>(dp[2 * qp], dp[2 * qp + 1], va, gb);
       }
     }
     // P^T (with dropout's factor) into s, dS^T into dp.
@@ -254,10 +252,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(AttentionBackwardPar
         uint32_t gb[4], qb[4];
         LdsmT::copy(gb, dOb + kk * 16 * LD + d2 * 16 + bt_ld);
         LdsmT::copy(qb, Qb + kk * 16 * LD + d2 * 16 + bt_ld);
-        Tc<T>::mma(dv[2 * d2], pa, gb[0], gb[1]);
-        Tc<T>::mma(dv[2 * d2 + 1], pa, gb[2], gb[3]);
-        Tc<T>::mma(dk[2 * d2], da, qb[0], qb[1]);
-        Tc<T>::mma(dk[2 * d2 + 1], da, qb[2], qb[3]);
+        tc::mma_x2<T>(dv[2 * d2], dv[2 * d2 + 1], pa, gb);
+        tc::mma_x2<T>(dk[2 * d2], dk[2 * d2 + 1], da, qb);
       }
     }
     if (u1 < U) store_side(st ^ 1);  // published by the next iteration's first barrier
@@ -390,10 +386,8 @@ __global__ void __launch_bounds__(kThreads, 2) dq_mma_kernel(AttentionBackwardPa
         uint32_t kb[4], vb[4];
         LdsmN::copy(kb, Kb + np * 16 * LD + ks * 16 + b_ld);
         LdsmN::copy(vb, Vb + np * 16 * LD + ks * 16 + b_ld);
-        Tc<T>::mma(s[2 * np], qa, kb[0], kb[1]);
-        Tc<T>::mma(s[2 * np + 1], qa, kb[2], kb[3]);
-        Tc<T>::mma(dp[2 * np], ga, vb[0], vb[1]);
-        Tc<T>::mma(dp[2 * np + 1], ga, vb[2], vb[3]);
+        tc::mma_x2<T>(s[2 * np], s[2 * np + 1], qa, kb);
+        tc::mma_x2<T>(dp[2 * np], dp[2 * np + 1], ga, vb);
       }
     }
     // dS into dp (and dbias).
@@ -418,8 +412,7 @@ __global__ void __launch_bounds__(kThreads, 2) dq_mma_kernel(AttentionBackwardPa
       for (int d2 = 0; d2 < DTILES / 2; ++d2) {
         uint32_t kb[4];
         LdsmT::copy(kb, Kb + kk * 16 * LD + d2 * 16 + bt_ld);
-        Tc<T>::mma(dq[2 * d2], da, kb[0], kb[1]);
-        Tc<T>::mma(dq[2 * d2 + 1], da, kb[2], kb[3]);
+        tc::mma_x2<T>(dq[2 * d2], dq[2 * d2 + 1], da, kb);
       }
     }
     __syncthreads();  // every warp is done with this stage before the next tile's copies reuse it

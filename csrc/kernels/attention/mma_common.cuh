@@ -67,6 +67,14 @@ __device__ __forceinline__ int bt_ldsm(int lane) {
   return (((lane / 8) % 2) * 8 + (lane % 8)) * LD + (lane / 16) * 8;
 }
 
+// c0 += A B0 and c1 += A B1 for the two n-tiles whose B fragments one ldmatrix x4 gave (b_ldsm or
+// bt_ldsm below: b[0] b[1], then b[2] b[3]).
+template <class T>
+__device__ __forceinline__ void mma_x2(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4], const uint32_t (&b)[4]) {
+  Tc<T>::mma(c0, a, b[0], b[1]);
+  Tc<T>::mma(c1, a, b[2], b[3]);
+}
+
 // The A fragment of keys/queries 16kk..16kk+15 from C accumulators of n-tiles 2kk and 2kk+1.
 template <class T>
 __device__ __forceinline__ void acc_as_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
