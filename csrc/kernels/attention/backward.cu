@@ -280,12 +280,6 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(AttentionBackwardParams bp
 }
 
 // ---- launch -------------------------------------------------------------------------------------
-template <class K>
-cudaError_t allow_smem(K kernel, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-}
-
 // Pass 1, delta = rowsum(dO * O), for either implementation of passes 2 and 3.
 template <class T, class A>
 cudaError_t launch_delta(const AttentionBackwardParams& bp, A* delta, cudaStream_t stream) {
@@ -304,8 +298,8 @@ cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t str
   if (err != cudaSuccess) return err;
 
   constexpr size_t smem = sizeof(Tiles<A, HD, BM, BN>);
-  if ((err = allow_smem(dkdv_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
-  if ((err = allow_smem(dq_kernel<T, A, HD, BM, BN>, smem)) != cudaSuccess) return err;
+  if ((err = allow_dynamic_smem<dkdv_kernel<T, A, HD, BM, BN>, smem>()) != cudaSuccess) return err;
+  if ((err = allow_dynamic_smem<dq_kernel<T, A, HD, BM, BN>, smem>()) != cudaSuccess) return err;
   if (p.Nk > 0) {
     const dim3 grid{unsigned((p.Nk + BN - 1) / BN), unsigned(p.Hk), unsigned(p.B)};
     if ((err = launch_kernel(dkdv_kernel<T, A, HD, BM, BN>, grid, kThreads, smem, stream, bp, delta)) != cudaSuccess) return err;
@@ -317,21 +311,25 @@ cudaError_t launch(const AttentionBackwardParams& bp, A* delta, cudaStream_t str
   return cudaSuccess;
 }
 
-// Tile sizes by head dimension, within the shared memory of an sm_80 block (163 KB).
+// Tile sizes (BM queries, BN keys) by head dimension, within the 99 KB of shared memory a block
+// can have on every GPU the wheels target (sm_86 and sm_89 have the least; allow_dynamic_smem
+// checks): 41-84 KB.
 template <class T, class A>
 cudaError_t launch_head_dim(const AttentionBackwardParams& bp, void* delta, cudaStream_t stream) {
   A* dl = static_cast<A*>(delta);
   const int64_t D = bp.fwd.D;
-  if constexpr (sizeof(A) == 4) {
+  if constexpr (sizeof(T) == 2) {  // fp16 / bf16 come here only above head dim 128 (tensor cores below)
+    return launch<T, A, 256, 16, 16>(bp, dl, stream);
+  } else if constexpr (sizeof(A) == 4) {
     if (D <= 32) return launch<T, A, 32, 32, 64>(bp, dl, stream);
     if (D <= 64) return launch<T, A, 64, 32, 64>(bp, dl, stream);
-    if (D <= 128) return launch<T, A, 128, 32, 64>(bp, dl, stream);
-    return launch<T, A, 256, 32, 32>(bp, dl, stream);
+    if (D <= 128) return launch<T, A, 128, 32, 32>(bp, dl, stream);
+    return launch<T, A, 256, 16, 16>(bp, dl, stream);
   } else {
     if (D <= 32) return launch<T, A, 32, 32, 64>(bp, dl, stream);
     if (D <= 64) return launch<T, A, 64, 32, 32>(bp, dl, stream);
-    if (D <= 128) return launch<T, A, 128, 16, 32>(bp, dl, stream);
-    return launch<T, A, 256, 16, 16>(bp, dl, stream);
+    if (D <= 128) return launch<T, A, 128, 16, 16>(bp, dl, stream);
+    return launch<T, A, 256, 8, 8>(bp, dl, stream);
   }
 }
 
